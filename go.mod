@@ -1,0 +1,10 @@
+module github.com/narstore/narstore
+
+go 1.26.8
+
+require (
+	github.com/jotfs/fastcdc-go v0.2.0
+	lukechampine.com/blake3 v1.4.1
+)
+
+require github.com/klauspost/cpuid/v2 v2.0.9 // indirect
