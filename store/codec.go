@@ -1,0 +1,256 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/narstore/narstore/chunker"
+)
+
+// Encoding says how a chunk's bytes are turned into its blob.
+type Encoding uint8
+
+const (
+	// EncRaw stores the bytes as they are (used when zstd does not shrink them).
+	EncRaw Encoding = 0
+	// EncZstd is one zstd frame of the bytes.
+	EncZstd Encoding = 1
+	// EncZstdDelta is one zstd frame compressed with the bytes of a base chunk
+	// as a raw dictionary. The base's ID follows the blob header.
+	EncZstdDelta Encoding = 2
+)
+
+func (e Encoding) String() string {
+	switch e {
+	case EncRaw:
+		return "raw"
+	case EncZstd:
+		return "zstd"
+	case EncZstdDelta:
+		return "zstd-delta"
+	}
+	return fmt.Sprintf("encoding(%d)", uint8(e))
+}
+
+// Blob layout: version byte, encoding byte, [32-byte base ID if delta], payload.
+// Blobs are self-describing so a store can be read (or migrated) without the index.
+const blobVersion = 1
+
+// MaxChunkSize bounds what a blob may decode to; it is the largest preset max.
+const MaxChunkSize = 8 << 20
+
+// DefaultMaxDeltaDepth bounds delta chains: a base is itself plain or at most
+// this many delta steps from a plain chunk.
+const DefaultMaxDeltaDepth = 1
+
+// Chunks stores and loads chunks on a Store, encoding them on the way in and
+// decoding and BLAKE3-verifying them on the way out. Safe for concurrent use.
+type Chunks struct {
+	store    Store
+	enc      *zstd.Encoder
+	dec      *zstd.Decoder
+	level    zstd.EncoderLevel
+	maxDepth int
+}
+
+// ChunksOptions tune a Chunks. The zero value is usable.
+type ChunksOptions struct {
+	// Level is the zstd level (1–22, as in the zstd CLI); 0 means 3. It changes
+	// stored bytes and ingest CPU, not decoding speed.
+	Level int
+	// MaxDeltaDepth bounds delta chains on read; 0 means DefaultMaxDeltaDepth.
+	MaxDeltaDepth int
+}
+
+// NewChunks returns a Chunks over s.
+func NewChunks(s Store, o ChunksOptions) (*Chunks, error) {
+	if o.Level == 0 {
+		o.Level = 3
+	}
+	if o.Level < 1 || o.Level > 22 {
+		return nil, fmt.Errorf("zstd level %d out of range 1–22", o.Level)
+	}
+	if o.MaxDeltaDepth == 0 {
+		o.MaxDeltaDepth = DefaultMaxDeltaDepth
+	}
+	lvl := zstd.EncoderLevelFromZstd(o.Level)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize))
+	if err != nil {
+		return nil, err
+	}
+	return &Chunks{store: s, enc: enc, dec: dec, level: lvl, maxDepth: o.MaxDeltaDepth}, nil
+}
+
+// Store returns the backend the chunks live on.
+func (c *Chunks) Store() Store { return c.store }
+
+// Written describes how a chunk was stored.
+type Written struct {
+	Encoding   Encoding
+	Base       chunker.ID // zero unless Encoding is EncZstdDelta
+	StoredSize int        // blob bytes
+}
+
+// Encode returns the blob for data: zstd, or raw when zstd does not shrink it.
+func (c *Chunks) Encode(data []byte) ([]byte, Written) {
+	blob := make([]byte, 2, 2+len(data)/2)
+	blob[0] = blobVersion
+	blob = c.enc.EncodeAll(data, blob)
+	if len(blob)-2 >= len(data) {
+		blob = append(blob[:2], data...)
+		blob[1] = byte(EncRaw)
+	} else {
+		blob[1] = byte(EncZstd)
+	}
+	return blob, Written{Encoding: Encoding(blob[1]), StoredSize: len(blob)}
+}
+
+// EncodeDelta returns the blob for data compressed against base (the bytes of
+// chunk baseID). The caller decides whether it beats Encode by enough to keep.
+func (c *Chunks) EncodeDelta(data []byte, baseID chunker.ID, base []byte) ([]byte, Written, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(c.level), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(1), zstd.WithEncoderDictRaw(1, base), zstd.WithWindowSize(windowFor(len(base)+len(data))))
+	if err != nil {
+		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
+	}
+	defer enc.Close()
+	blob := make([]byte, 2+len(baseID), 2+len(baseID)+len(data)/4)
+	blob[0], blob[1] = blobVersion, byte(EncZstdDelta)
+	copy(blob[2:], baseID[:])
+	blob = enc.EncodeAll(data, blob)
+	return blob, Written{Encoding: EncZstdDelta, Base: baseID, StoredSize: len(blob)}, nil
+}
+
+func windowFor(n int) int {
+	w := zstd.MinWindowSize
+	for w < n && w < zstd.MaxWindowSize {
+		w <<= 1
+	}
+	return w
+}
+
+// Put encodes data as plain zstd (or raw) and stores it under id.
+// Like Store.Put it is idempotent.
+func (c *Chunks) Put(ctx context.Context, id chunker.ID, data []byte) (Written, error) {
+	blob, w := c.Encode(data)
+	if err := c.store.Put(ctx, id, blob); err != nil {
+		return Written{}, err
+	}
+	return w, nil
+}
+
+// BlobHeader parses a blob's header.
+func BlobHeader(blob []byte) (enc Encoding, base chunker.ID, payload []byte, err error) {
+	if len(blob) < 2 || blob[0] != blobVersion {
+		return 0, base, nil, fmt.Errorf("unknown blob format: %w", ErrCorrupt)
+	}
+	enc = Encoding(blob[1])
+	payload = blob[2:]
+	switch enc {
+	case EncRaw, EncZstd:
+	case EncZstdDelta:
+		if len(payload) < len(base) {
+			return 0, base, nil, fmt.Errorf("short delta header: %w", ErrCorrupt)
+		}
+		copy(base[:], payload)
+		payload = payload[len(base):]
+	default:
+		return 0, base, nil, fmt.Errorf("unknown encoding %d: %w", enc, ErrCorrupt)
+	}
+	return enc, base, payload, nil
+}
+
+// BaseFunc returns the verified bytes of a base chunk, for decoding deltas.
+// Reassembly passes one that goes through its cache.
+type BaseFunc func(ctx context.Context, id chunker.ID) ([]byte, error)
+
+// Get returns the verified bytes of chunk id. A missing blob Is ErrNotFound;
+// bytes that do not hash to id, or a blob that does not decode, Is ErrCorrupt.
+// Delta bases are loaded with Get itself.
+func (c *Chunks) Get(ctx context.Context, id chunker.ID) ([]byte, error) {
+	return c.get(ctx, id, nil, 0)
+}
+
+// GetWith is Get with delta bases loaded through base.
+func (c *Chunks) GetWith(ctx context.Context, id chunker.ID, base BaseFunc) ([]byte, error) {
+	return c.get(ctx, id, base, 0)
+}
+
+func (c *Chunks) get(ctx context.Context, id chunker.ID, baseFn BaseFunc, depth int) ([]byte, error) {
+	blob, err := c.readBlob(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	data, err := c.decode(ctx, id, blob, baseFn, depth)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return data, nil
+}
+
+func (c *Chunks) readBlob(ctx context.Context, id chunker.ID) ([]byte, error) {
+	rc, err := c.store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	buf := bytes.NewBuffer(make([]byte, 0, 64<<10))
+	if _, err := io.Copy(buf, io.LimitReader(rc, MaxChunkSize+64)); err != nil {
+		return nil, fmt.Errorf("read chunk %s: %w", id, err)
+	}
+	return buf.Bytes(), nil
+}
+
+func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn BaseFunc, depth int) ([]byte, error) {
+	enc, baseID, payload, err := BlobHeader(blob)
+	if err != nil {
+		return nil, err
+	}
+	var data []byte
+	switch enc {
+	case EncRaw:
+		data = payload
+	case EncZstd:
+		data, err = c.dec.DecodeAll(payload, nil)
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %v: %w", err, ErrCorrupt)
+		}
+	case EncZstdDelta:
+		if depth >= c.maxDepth {
+			return nil, fmt.Errorf("delta chain deeper than %d: %w", c.maxDepth, ErrCorrupt)
+		}
+		var base []byte
+		if baseFn != nil {
+			base, err = baseFn(ctx, baseID)
+		} else {
+			base, err = c.get(ctx, baseID, nil, depth+1)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("delta base %s: %w", baseID, err)
+		}
+		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderDictRaw(1, base),
+			zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.WithDecoderMaxWindow(2*MaxChunkSize))
+		if err != nil {
+			return nil, err
+		}
+		data, err = dec.DecodeAll(payload, nil)
+		dec.Close()
+		if err != nil {
+			return nil, fmt.Errorf("zstd delta: %v: %w", err, ErrCorrupt)
+		}
+	}
+	if chunker.Sum(data) != id {
+		return nil, fmt.Errorf("content does not hash to its id: %w", ErrCorrupt)
+	}
+	return data, nil
+}

@@ -1,0 +1,175 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/narstore/narstore/chunker"
+)
+
+// Dir is a Store on a local directory. Blobs live at
+// ROOT/chunks/ab/cd/abcd…(64 hex digits). Writes go to ROOT/tmp first, are
+// fsynced and then renamed into place, so a crash never leaves a partial blob
+// under a chunk's name.
+type Dir struct {
+	root string
+	// NoSync skips fsync. Only for throwaway stores (bench); a crash may then
+	// lose blobs the index already names.
+	NoSync bool
+}
+
+var _ Store = (*Dir)(nil)
+
+// staleTmpAge is how old a leftover temp file must be before OpenDir removes
+// it; younger ones may belong to a writer in another process.
+const staleTmpAge = time.Hour
+
+// OpenDir opens (creating if needed) a directory store at root and removes
+// temp files that a killed writer left behind.
+func OpenDir(root string) (*Dir, error) {
+	for _, d := range []string{"chunks", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("open chunk directory %s: %w", root, err)
+		}
+	}
+	entries, err := os.ReadDir(filepath.Join(root, "tmp"))
+	if err != nil {
+		return nil, fmt.Errorf("open chunk directory %s: %w", root, err)
+	}
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > staleTmpAge {
+			os.Remove(filepath.Join(root, "tmp", e.Name()))
+		}
+	}
+	return &Dir{root: root}, nil
+}
+
+func (d *Dir) path(id chunker.ID) string {
+	h := id.String()
+	return filepath.Join(d.root, "chunks", h[:2], h[2:4], h)
+}
+
+// Get implements Store.
+func (d *Dir) Get(ctx context.Context, id chunker.ID) (io.ReadCloser, error) {
+	f, err := os.Open(d.path(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("get chunk %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get chunk %s: %w", id, err)
+	}
+	return f, nil
+}
+
+// Has implements Store.
+func (d *Dir) Has(ctx context.Context, id chunker.ID) (bool, error) {
+	_, err := os.Stat(d.path(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat chunk %s: %w", id, err)
+	}
+	return true, nil
+}
+
+// Put implements Store.
+func (d *Dir) Put(ctx context.Context, id chunker.ID, blob []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	final := d.path(id)
+	if _, err := os.Stat(final); err == nil {
+		return nil
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := filepath.Join(d.root, "tmp", id.String()+"."+hex.EncodeToString(rnd[:]))
+	if err := d.writeTmp(tmp, blob); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put chunk %s: %w", id, err)
+	}
+	dir := filepath.Dir(final)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put chunk %s: %w", id, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put chunk %s: %w", id, err)
+	}
+	if !d.NoSync {
+		if err := syncDir(dir); err != nil {
+			return fmt.Errorf("put chunk %s: sync directory: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func (d *Dir) writeTmp(path string, blob []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(blob); err != nil {
+		f.Close()
+		return err
+	}
+	if !d.NoSync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// Delete implements Store.
+func (d *Dir) Delete(ctx context.Context, id chunker.ID) error {
+	err := os.Remove(d.path(id))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete chunk %s: %w", id, err)
+	}
+	return nil
+}
+
+// Walk implements Store.
+func (d *Dir) Walk(ctx context.Context, fn func(id chunker.ID, size int64) error) error {
+	return filepath.WalkDir(filepath.Join(d.root, "chunks"), func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if e.IsDir() {
+			return nil
+		}
+		id, perr := chunker.ParseID(e.Name())
+		if perr != nil {
+			return nil // not ours
+		}
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		return fn(id, info.Size())
+	})
+}

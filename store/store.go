@@ -1,0 +1,48 @@
+// Package store keeps chunk blobs by chunk ID.
+//
+// Two layers:
+//
+//   - Store is the backend contract: opaque blobs keyed by chunk ID, with local
+//     directory (Dir) and S3 implementations. A backend never interprets blobs.
+//   - Chunks sits on a Store and turns chunk bytes into blobs and back: it picks
+//     the encoding (raw, zstd, zstd against a base chunk), and it is the one place
+//     where a chunk's BLAKE3 is checked on every read.
+//
+// Deletion rule for every caller (GC included): a chunk may only be deleted when
+// no NAR references it and no stored chunk names it as its delta base. The index
+// records each chunk's base so that rule can be checked without reading blobs.
+package store
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/narstore/narstore/chunker"
+)
+
+var (
+	// ErrNotFound means no blob is stored under the ID.
+	ErrNotFound = errors.New("chunk not found")
+	// ErrCorrupt means a blob exists but does not decode to bytes with its ID.
+	ErrCorrupt = errors.New("chunk corrupt")
+)
+
+// Store holds encoded chunk blobs by chunk ID. All methods are safe for
+// concurrent use.
+type Store interface {
+	// Get returns a reader over the blob stored under id; the caller closes it.
+	// A missing blob gives an error that Is ErrNotFound.
+	Get(ctx context.Context, id chunker.ID) (io.ReadCloser, error)
+	// Has reports whether a blob is stored under id.
+	Has(ctx context.Context, id chunker.ID) (bool, error)
+	// Put stores blob under id, atomically: readers see all of it or nothing.
+	// Put is idempotent: content is addressed by id, so storing an id that is
+	// already present succeeds without rewriting it. Callers need no lock.
+	Put(ctx context.Context, id chunker.ID, blob []byte) error
+	// Delete removes the blob. Deleting a missing blob succeeds.
+	Delete(ctx context.Context, id chunker.ID) error
+	// Walk calls fn for every stored blob with its size in bytes, in no
+	// particular order. An error from fn stops the walk and is returned.
+	Walk(ctx context.Context, fn func(id chunker.ID, size int64) error) error
+}

@@ -1,0 +1,204 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/store"
+	"github.com/narstore/narstore/store/storetest"
+)
+
+func newDir(t *testing.T) *store.Dir {
+	t.Helper()
+	d, err := store.OpenDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestDirConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return newDir(t) })
+}
+
+func TestOpenDirRemovesOnlyStaleTempFiles(t *testing.T) {
+	root := t.TempDir()
+	if _, err := store.OpenDir(root); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(root, "tmp", "stale")
+	fresh := filepath.Join(root, "tmp", "fresh")
+	for _, p := range []string{stale, fresh} {
+		if err := os.WriteFile(p, []byte("partial"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	os.Chtimes(stale, old, old)
+	if _, err := store.OpenDir(root); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale temp file survived: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("fresh temp file (maybe another writer's) was removed: %v", err)
+	}
+}
+
+func randomBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func textBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, 7))
+	words := []string{"nix", "store", "chunk", "zstd ", "delta\n", "/nix/store/", "lib", "share"}
+	var b bytes.Buffer
+	for b.Len() < n {
+		b.WriteString(words[r.IntN(len(words))])
+	}
+	return b.Bytes()[:n]
+}
+
+func TestChunksRoundTripAndEncodingChoice(t *testing.T) {
+	ctx := context.Background()
+	c, err := store.NewChunks(newDir(t), store.ChunksOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want store.Encoding
+	}{
+		{"compressible", textBytes(100<<10, 1), store.EncZstd},
+		{"incompressible", randomBytes(100<<10, 2), store.EncRaw},
+		{"empty", nil, store.EncRaw},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := chunker.Sum(tc.data)
+			w, err := c.Put(ctx, id, tc.data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w.Encoding != tc.want {
+				t.Errorf("encoding %v, want %v", w.Encoding, tc.want)
+			}
+			got, err := c.Get(ctx, id)
+			if err != nil || !bytes.Equal(got, tc.data) {
+				t.Fatalf("Get: %d bytes, %v", len(got), err)
+			}
+		})
+	}
+}
+
+func TestChunksDelta(t *testing.T) {
+	ctx := context.Background()
+	d := newDir(t)
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	base := randomBytes(200<<10, 3)
+	next := append([]byte(nil), base...)
+	copy(next[5000:], "a small edit in the middle of an otherwise identical chunk")
+	baseID, nextID := chunker.Sum(base), chunker.Sum(next)
+	if _, err := c.Put(ctx, baseID, base); err != nil {
+		t.Fatal(err)
+	}
+	blob, w, err := c.EncodeDelta(next, baseID, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.StoredSize > 2<<10 {
+		t.Errorf("delta of a near-identical chunk is %d bytes, want < 2 KiB", w.StoredSize)
+	}
+	if err := d.Put(ctx, nextID, blob); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Get(ctx, nextID)
+	if err != nil || !bytes.Equal(got, next) {
+		t.Fatalf("Get delta chunk: %v", err)
+	}
+
+	t.Run("MissingBase", func(t *testing.T) {
+		d.Delete(ctx, baseID)
+		if _, err := c.Get(ctx, nextID); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("got %v, want ErrNotFound for the missing base", err)
+		}
+	})
+	t.Run("CorruptBase", func(t *testing.T) {
+		// Store different bytes under the base's name: the base fails its own
+		// hash check before the delta is even tried.
+		bad, _ := c.Encode(randomBytes(200<<10, 4))
+		d.Put(ctx, baseID, bad)
+		if _, err := c.Get(ctx, nextID); !errors.Is(err, store.ErrCorrupt) {
+			t.Fatalf("got %v, want ErrCorrupt", err)
+		}
+	})
+	t.Run("ChainDeeperThanLimit", func(t *testing.T) {
+		d2 := newDir(t)
+		c2, _ := store.NewChunks(d2, store.ChunksOptions{})
+		c2.Put(ctx, baseID, base)
+		b1, _, _ := c2.EncodeDelta(next, baseID, base)
+		d2.Put(ctx, nextID, b1)
+		third := append([]byte(nil), next...)
+		third[0] ^= 1
+		b2, _, _ := c2.EncodeDelta(third, nextID, next)
+		d2.Put(ctx, chunker.Sum(third), b2)
+		if _, err := c2.Get(ctx, chunker.Sum(third)); !errors.Is(err, store.ErrCorrupt) {
+			t.Fatalf("depth-2 chain with limit 1: got %v, want ErrCorrupt", err)
+		}
+	})
+}
+
+func TestChunksDetectCorruption(t *testing.T) {
+	ctx := context.Background()
+	d := newDir(t)
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	data := textBytes(64<<10, 5)
+	id := chunker.Sum(data)
+	other := textBytes(64<<10, 6)
+	for _, tc := range []struct {
+		name string
+		blob []byte
+	}{
+		{"OtherContent", func() []byte { b, _ := c.Encode(other); return b }()},
+		{"FlippedByte", func() []byte { b, _ := c.Encode(data); b[len(b)/2] ^= 0xff; return b }()},
+		{"Truncated", func() []byte { b, _ := c.Encode(data); return b[:len(b)/2] }()},
+		{"UnknownVersion", []byte{9, 1, 2, 3}},
+		{"Empty", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d.Delete(ctx, id)
+			if err := d.Put(ctx, id, tc.blob); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Get(ctx, id); !errors.Is(err, store.ErrCorrupt) {
+				t.Fatalf("got %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	data := textBytes(256<<10, 9)
+	for _, lvl := range []int{1, 3, 7, 19} {
+		c, _ := store.NewChunks(nil, store.ChunksOptions{Level: lvl})
+		b.Run("level"+string(rune('0'+lvl/10))+string(rune('0'+lvl%10)), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				c.Encode(data)
+			}
+		})
+	}
+}

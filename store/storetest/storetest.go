@@ -1,0 +1,154 @@
+// Package storetest is the conformance suite every store.Store backend passes.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/store"
+)
+
+// Run runs the suite. newStore returns an empty store for each subtest.
+func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	blob := func(i int) (chunker.ID, []byte) {
+		b := bytes.Repeat([]byte(fmt.Sprintf("blob %d;", i)), 100+i)
+		return chunker.Sum(b), b
+	}
+	get := func(t *testing.T, s store.Store, id chunker.ID) ([]byte, error) {
+		t.Helper()
+		rc, err := s.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return io.ReadAll(rc)
+	}
+
+	t.Run("MissingIsNotFound", func(t *testing.T) {
+		s := newStore(t)
+		id, _ := blob(1)
+		if _, err := get(t, s, id); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("Get missing: got %v, want ErrNotFound", err)
+		}
+		if ok, err := s.Has(ctx, id); err != nil || ok {
+			t.Fatalf("Has missing = %v, %v", ok, err)
+		}
+	})
+	t.Run("PutGetRoundTrip", func(t *testing.T) {
+		s := newStore(t)
+		id, b := blob(2)
+		if err := s.Put(ctx, id, b); err != nil {
+			t.Fatal(err)
+		}
+		got, err := get(t, s, id)
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("Get after Put: %d bytes, %v; want %d bytes", len(got), err, len(b))
+		}
+		if ok, err := s.Has(ctx, id); err != nil || !ok {
+			t.Fatalf("Has after Put = %v, %v", ok, err)
+		}
+	})
+	t.Run("EmptyBlob", func(t *testing.T) {
+		s := newStore(t)
+		id := chunker.Sum(nil)
+		if err := s.Put(ctx, id, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := get(t, s, id); err != nil || len(got) != 0 {
+			t.Fatalf("Get empty: %q, %v", got, err)
+		}
+	})
+	t.Run("PutIsIdempotent", func(t *testing.T) {
+		s := newStore(t)
+		id, b := blob(3)
+		for range 3 {
+			if err := s.Put(ctx, id, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n := 0
+		if err := s.Walk(ctx, func(chunker.ID, int64) error { n++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 {
+			t.Fatalf("Walk after 3 identical Puts saw %d blobs, want 1", n)
+		}
+	})
+	t.Run("ConcurrentPutsOfSameID", func(t *testing.T) {
+		s := newStore(t)
+		id, b := blob(4)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 8 {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs <- s.Put(ctx, id, b) }()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, err := get(t, s, id); err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("after concurrent Puts: %d bytes, %v", len(got), err)
+		}
+	})
+	t.Run("Delete", func(t *testing.T) {
+		s := newStore(t)
+		id, b := blob(5)
+		other, ob := blob(6)
+		if err := s.Put(ctx, id, b); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Put(ctx, other, ob); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := get(t, s, id); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("Get after Delete: %v, want ErrNotFound", err)
+		}
+		if err := s.Delete(ctx, id); err != nil {
+			t.Fatalf("Delete of a missing blob: %v, want nil", err)
+		}
+		if got, err := get(t, s, other); err != nil || !bytes.Equal(got, ob) {
+			t.Fatalf("Delete removed the wrong blob: %v", err)
+		}
+	})
+	t.Run("WalkListsEveryBlobWithSize", func(t *testing.T) {
+		s := newStore(t)
+		want := map[chunker.ID]int64{}
+		for i := 10; i < 30; i++ {
+			id, b := blob(i)
+			want[id] = int64(len(b))
+			if err := s.Put(ctx, id, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := map[chunker.ID]int64{}
+		if err := s.Walk(ctx, func(id chunker.ID, size int64) error { got[id] = size; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("Walk saw %d blobs, want %d", len(got), len(want))
+		}
+		for id, n := range want {
+			if got[id] != n {
+				t.Errorf("Walk size of %s = %d, want %d", id, got[id], n)
+			}
+		}
+		stop := errors.New("stop")
+		if err := s.Walk(ctx, func(chunker.ID, int64) error { return stop }); !errors.Is(err, stop) {
+			t.Fatalf("Walk did not return fn's error: %v", err)
+		}
+	})
+}
