@@ -1,0 +1,99 @@
+// Package index records metadata: upstream narinfos, each NAR's ordered chunk
+// list, and chunk records. Backends: SQLite (embedded default) and PostgreSQL.
+//
+// Invariants every backend keeps:
+//   - A NAR and its chunk list are written in one transaction (Commit), and
+//     only after its bytes were verified and all its chunks stored; a NAR is
+//     either fully recorded or absent.
+//   - A chunk record exists only for a chunk whose blob is stored.
+//   - Deletion rule (GC): a chunk may be deleted only when no NAR lists it and
+//     no chunk record names it as Base.
+package index
+
+import (
+	"context"
+	"errors"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/internal/narinfo"
+)
+
+var (
+	// ErrNotFound means the narinfo or NAR is not recorded.
+	ErrNotFound = errors.New("not found in index")
+	// ErrMissingChunk means Commit was given a chunk list naming a chunk that
+	// is neither recorded nor among the new chunks.
+	ErrMissingChunk = errors.New("chunk list names an unrecorded chunk")
+)
+
+// NAR is one stored NAR: its identity, how it was cut, and where its chunks are.
+type NAR struct {
+	Hash      [32]byte // SHA-256 of the NAR bytes (the narinfo's NarHash)
+	Size      uint64
+	Preset    string // chunker preset name it was cut with
+	Transform string // pre-chunking transform ("" = none); recorded so old NARs keep working
+	// UpstreamSize is how many bytes the upstream served for it (compressed),
+	// and UpstreamCompression how they were compressed. For stats only.
+	UpstreamSize        uint64
+	UpstreamCompression string
+	Chunks              []ChunkRef // in NAR order; offsets ascending from 0
+}
+
+// ChunkRef places a chunk in a NAR.
+type ChunkRef struct {
+	ID     chunker.ID
+	Offset uint64
+	Size   uint32
+}
+
+// Chunk is a chunk record.
+type Chunk struct {
+	ID         chunker.ID
+	Size       uint32     // decoded bytes
+	StoredSize uint32     // blob bytes
+	Encoding   uint8      // store.Encoding
+	Base       chunker.ID // delta base; zero if none
+}
+
+// Stats summarises the index.
+type Stats struct {
+	NarInfos     int64  `json:"narinfos"`
+	NARs         int64  `json:"nars"`
+	NARBytes     uint64 `json:"nar_bytes"`
+	UpstreamSize uint64 `json:"upstream_bytes"`
+	Chunks       int64  `json:"chunks"`
+	ChunkBytes   uint64 `json:"chunk_bytes"`
+	StoredBytes  uint64 `json:"stored_bytes"`
+}
+
+// Index is the full contract a backend implements. Consumers declare the
+// narrow subset they use. All methods are safe for concurrent use, also from
+// several processes sharing one database.
+type Index interface {
+	// NarInfo returns the recorded narinfo for a store path hash part, as
+	// upstream served it (all signatures kept). Missing: ErrNotFound.
+	NarInfo(ctx context.Context, hashPart string) (*narinfo.NarInfo, error)
+	// NAR returns a NAR with its chunk list. Missing: ErrNotFound.
+	NAR(ctx context.Context, narHash [32]byte) (*NAR, error)
+	// HasNAR reports whether the NAR is recorded.
+	HasNAR(ctx context.Context, narHash [32]byte) (bool, error)
+	// HasChunks reports, for each id, whether a chunk record exists.
+	HasChunks(ctx context.Context, ids []chunker.ID) ([]bool, error)
+	// Commit records, in one transaction, the new chunk records, the NAR with
+	// its chunk list, and the narinfo pointing at it. Every chunk in the list
+	// must be recorded already or be in newChunks, else ErrMissingChunk and
+	// nothing is written. Recording a NAR that exists keeps the existing one;
+	// recording a narinfo that exists replaces it. Idempotent.
+	Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, newChunks []Chunk) error
+	// AddNarInfo records a narinfo for a NAR that is already recorded
+	// (ErrNotFound otherwise), replacing any narinfo for the same path.
+	AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error
+	// WalkNARs calls fn for every NAR (without its chunk list), in no order.
+	WalkNARs(ctx context.Context, fn func(nar *NAR) error) error
+	// StorePaths lists the store paths whose narinfo points at the NAR.
+	StorePaths(ctx context.Context, narHash [32]byte) ([]string, error)
+	// Stats summarises the index.
+	Stats(ctx context.Context) (Stats, error)
+	// Close releases the backend.
+	Close() error
+}

@@ -1,0 +1,227 @@
+// Package indextest is the conformance suite every index.Index backend passes.
+package indextest
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"testing"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/internal/narinfo"
+)
+
+// Run runs the suite. open returns an empty index for each subtest; the
+// suite closes it.
+func Run(t *testing.T, open func(t *testing.T) index.Index) {
+	ctx := context.Background()
+	newIdx := func(t *testing.T) index.Index {
+		ix := open(t)
+		t.Cleanup(func() { ix.Close() })
+		return ix
+	}
+
+	t.Run("MissingIsNotFound", func(t *testing.T) {
+		ix := newIdx(t)
+		if _, err := ix.NarInfo(ctx, "00bgd045z0d4icpbc2yyz4gx48ak44la"); !errors.Is(err, index.ErrNotFound) {
+			t.Errorf("NarInfo: %v, want ErrNotFound", err)
+		}
+		if _, err := ix.NAR(ctx, [32]byte{1}); !errors.Is(err, index.ErrNotFound) {
+			t.Errorf("NAR: %v, want ErrNotFound", err)
+		}
+		if ok, err := ix.HasNAR(ctx, [32]byte{1}); ok || err != nil {
+			t.Errorf("HasNAR = %v, %v", ok, err)
+		}
+	})
+
+	t.Run("CommitAndReadBack", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("hello", 3, 1000)
+		ni.Sigs = []string{"b-1:" + sig(2), "a-1:" + sig(1)}
+		ni.References = []string{ni.StorePath[11:], "00bgd045z0d4icpbc2yyz4gx48ak44la-glibc"}
+		ni.Deriver, ni.CA, ni.FileHash, ni.FileSize = "x.drv", "fixed:r:sha256:abc", "sha256:xyz", 123
+		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ix.NarInfo(ctx, ni.HashPart())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := *ni
+		want.References = ni.SortedReferences()
+		if !reflect.DeepEqual(got, &want) {
+			t.Errorf("narinfo round trip:\n got %+v\nwant %+v", got, &want)
+		}
+		gotNAR, err := ix.NAR(ctx, nar.Hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(gotNAR, nar) {
+			t.Errorf("NAR round trip:\n got %+v\nwant %+v", gotNAR, nar)
+		}
+		has, err := ix.HasChunks(ctx, []chunker.ID{chunks[0].ID, {9, 9}, chunks[2].ID})
+		if err != nil || !reflect.DeepEqual(has, []bool{true, false, true}) {
+			t.Errorf("HasChunks = %v, %v", has, err)
+		}
+		paths, err := ix.StorePaths(ctx, nar.Hash)
+		if err != nil || !reflect.DeepEqual(paths, []string{ni.StorePath}) {
+			t.Errorf("StorePaths = %v, %v", paths, err)
+		}
+	})
+
+	t.Run("MissingChunkWritesNothing", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("broken", 3, 1000)
+		err := ix.Commit(ctx, ni, nar, chunks[:2])
+		if !errors.Is(err, index.ErrMissingChunk) {
+			t.Fatalf("got %v, want ErrMissingChunk", err)
+		}
+		if ok, _ := ix.HasNAR(ctx, nar.Hash); ok {
+			t.Error("NAR recorded after a failed commit")
+		}
+		if _, err := ix.NarInfo(ctx, ni.HashPart()); !errors.Is(err, index.ErrNotFound) {
+			t.Error("narinfo recorded after a failed commit")
+		}
+		if has, _ := ix.HasChunks(ctx, []chunker.ID{chunks[0].ID}); has[0] {
+			t.Error("chunk record written by a failed commit")
+		}
+	})
+
+	t.Run("BadOffsetsRejected", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("gappy", 3, 1000)
+		nar.Chunks[1].Offset++
+		if err := ix.Commit(ctx, ni, nar, chunks); err == nil {
+			t.Fatal("commit with a gap between chunks succeeded")
+		}
+		if ok, _ := ix.HasNAR(ctx, nar.Hash); ok {
+			t.Error("NAR recorded after a failed commit")
+		}
+	})
+
+	t.Run("SharedChunksAndIdempotence", func(t *testing.T) {
+		ix := newIdx(t)
+		ni1, nar1, c1 := Fixture("one", 4, 500)
+		ni2, nar2, _ := Fixture("two", 2, 500)
+		// NAR two reuses one's chunks 1 and 2, and names only already-known chunks.
+		nar2.Chunks = []index.ChunkRef{{ID: c1[1].ID, Offset: 0, Size: 500}, {ID: c1[2].ID, Offset: 500, Size: 500}}
+		if err := ix.Commit(ctx, ni1, nar1, c1); err != nil {
+			t.Fatal(err)
+		}
+		if err := ix.Commit(ctx, ni2, nar2, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := ix.Commit(ctx, ni1, nar1, c1); err != nil {
+			t.Fatalf("second identical commit: %v", err)
+		}
+		st, err := ix.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := index.Stats{NarInfos: 2, NARs: 2, NARBytes: 3000, UpstreamSize: 2 * 777, Chunks: 4, ChunkBytes: 2000, StoredBytes: 4 * 250}
+		if st != want {
+			t.Errorf("Stats = %+v, want %+v", st, want)
+		}
+		got, _ := ix.NAR(ctx, nar1.Hash)
+		if len(got.Chunks) != 4 {
+			t.Errorf("re-commit changed the chunk list to %d entries", len(got.Chunks))
+		}
+		var walked int
+		if err := ix.WalkNARs(ctx, func(n *index.NAR) error { walked++; return nil }); err != nil || walked != 2 {
+			t.Errorf("WalkNARs saw %d NARs, %v", walked, err)
+		}
+	})
+
+	t.Run("AddNarInfo", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("base", 1, 100)
+		other := *ni
+		other.StorePath = "/nix/store/" + hashPart("alias") + "-alias"
+		if err := ix.AddNarInfo(ctx, &other); !errors.Is(err, index.ErrNotFound) {
+			t.Fatalf("AddNarInfo before the NAR exists: %v, want ErrNotFound", err)
+		}
+		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		if err := ix.AddNarInfo(ctx, &other); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ix.NarInfo(ctx, other.HashPart()); err != nil {
+			t.Fatal(err)
+		}
+		paths, _ := ix.StorePaths(ctx, nar.Hash)
+		if len(paths) != 2 {
+			t.Errorf("StorePaths = %v, want both paths", paths)
+		}
+	})
+
+	t.Run("DeltaBaseRecorded", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("delta", 2, 100)
+		chunks[1].Encoding, chunks[1].Base = 2, chunks[0].ID
+		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("ConcurrentCommitsOfSameNAR", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("race", 50, 100)
+		var wg sync.WaitGroup
+		errs := make(chan error, 6)
+		for range 6 {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs <- ix.Commit(ctx, ni, nar, chunks) }()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := ix.NAR(ctx, nar.Hash)
+		if err != nil || len(got.Chunks) != 50 {
+			t.Fatalf("after concurrent commits: %v chunks, %v", len(got.Chunks), err)
+		}
+		st, _ := ix.Stats(ctx)
+		if st.Chunks != 50 || st.NARs != 1 || st.NarInfos != 1 {
+			t.Errorf("duplicate rows after concurrent commits: %+v", st)
+		}
+	})
+}
+
+func sig(i int) string {
+	b := make([]byte, 64)
+	b[0] = byte(i)
+	return fmt.Sprintf("%x", b)[:86] + "=="
+}
+
+func hashPart(name string) string {
+	h := sha256.Sum256([]byte(name))
+	return nixbase32.EncodeToString(h[:20])
+}
+
+// Fixture returns a narinfo, a NAR of n distinct chunks of size bytes each
+// (named after name), and the chunk records, consistent with each other.
+func Fixture(name string, n int, size uint32) (*narinfo.NarInfo, *index.NAR, []index.Chunk) {
+	nar := &index.NAR{Hash: sha256.Sum256([]byte(name)), Size: uint64(n) * uint64(size), Preset: chunker.DefaultPreset,
+		UpstreamSize: 777, UpstreamCompression: "xz"}
+	var chunks []index.Chunk
+	for i := range n {
+		id := chunker.Sum([]byte(fmt.Sprintf("%s/%d", name, i)))
+		nar.Chunks = append(nar.Chunks, index.ChunkRef{ID: id, Offset: uint64(i) * uint64(size), Size: size})
+		chunks = append(chunks, index.Chunk{ID: id, Size: size, StoredSize: size / 2, Encoding: 1})
+	}
+	ni := &narinfo.NarInfo{
+		StorePath: "/nix/store/" + hashPart(name) + "-" + name, URL: "nar/x.nar.xz", Compression: "xz",
+		NarHash: nar.Hash, NarSize: nar.Size,
+	}
+	return ni, nar, chunks
+}
