@@ -254,3 +254,6 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 	}
 	return data, nil
 }
+
+// Chunk is Get under the name reassembly's ChunkSource uses.
+func (c *Chunks) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) { return c.Get(ctx, id) }

@@ -1,0 +1,8 @@
+package ingest_test
+
+import (
+	"runtime"
+	"time"
+)
+
+func runtimeGosched() { runtime.Gosched(); time.Sleep(time.Millisecond) }

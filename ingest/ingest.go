@@ -1,0 +1,497 @@
+// Package ingest takes NARs from an upstream binary cache (or an upload),
+// verifies them against their narinfo while streaming, cuts them into chunks,
+// stores the new chunks and records the NAR in the index in one commit.
+//
+// A NAR is either fully ingested and verified, or absent: nothing reaches the
+// index before NarHash and NarSize have been checked on the whole stream and
+// every chunk is stored. Chunk blobs written by a failed ingest are harmless
+// orphans (content-addressed, reused by the next attempt).
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/store"
+)
+
+var (
+	// ErrNotFound means the upstream has no narinfo (or NAR) for the path.
+	ErrNotFound = errors.New("not found upstream")
+	// ErrHashMismatch means the NAR bytes do not hash to the narinfo's NarHash.
+	ErrHashMismatch = errors.New("NAR does not match its NarHash")
+	// ErrSizeMismatch means the NAR has a different length than NarSize.
+	ErrSizeMismatch = errors.New("NAR does not match its NarSize")
+)
+
+// Index is what ingest needs from the index.
+type Index interface {
+	NarInfo(ctx context.Context, hashPart string) (*narinfo.NarInfo, error)
+	HasNAR(ctx context.Context, narHash [32]byte) (bool, error)
+	HasChunks(ctx context.Context, ids []chunker.ID) ([]bool, error)
+	Commit(ctx context.Context, ni *narinfo.NarInfo, nar *index.NAR, newChunks []index.Chunk) error
+	AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error
+}
+
+// Options configure an Ingester.
+type Options struct {
+	Preset chunker.Preset // zero: chunker.DefaultPreset
+	// Keys are the trusted upstream keys. A narinfo no key verifies is refused
+	// unless AllowUntrusted is set.
+	Keys           narinfo.PublicKeys
+	AllowUntrusted bool
+	Jobs           int // NARs ingested in parallel by Batch; 0 means 4
+	ChunkWorkers   int // encode/store workers per NAR; 0 means GOMAXPROCS
+	XZ             XZDecoder
+	Logger         *slog.Logger // nil: silent
+}
+
+// Progress counts work as it happens; read it from any goroutine.
+type Progress struct {
+	NARsTotal, NARsDone, NARsSkipped, NARsFailed atomic.Int64
+	NARBytes, UpstreamBytes                      atomic.Int64 // bytes processed so far
+	NewChunks, NewStoredBytes                    atomic.Int64
+}
+
+// Ingester ingests NARs. Safe for concurrent use.
+type Ingester struct {
+	up       *Upstream // nil when there is no upstream (uploads only)
+	ix       Index
+	chunks   *store.Chunks
+	opts     Options
+	log      *slog.Logger
+	Progress Progress
+
+	mu      sync.Mutex
+	flights map[string]*flight
+	bufs    sync.Pool
+}
+
+type flight struct {
+	done chan struct{}
+	res  *Result
+	err  error
+}
+
+// New returns an Ingester. up may be nil if only IngestNAR is used.
+func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, error) {
+	if o.Preset.Name == "" {
+		p, err := chunker.LookupPreset(chunker.DefaultPreset)
+		if err != nil {
+			return nil, err
+		}
+		o.Preset = p
+	}
+	if o.Jobs <= 0 {
+		o.Jobs = 4
+	}
+	if o.ChunkWorkers <= 0 {
+		o.ChunkWorkers = runtime.GOMAXPROCS(0)
+	}
+	if o.XZ == "" {
+		o.XZ = XZAuto
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	in := &Ingester{up: up, ix: ix, chunks: chunks, opts: o, log: log, flights: map[string]*flight{}}
+	max := o.Preset.Max
+	in.bufs.New = func() any { b := make([]byte, max); return &b }
+	return in, nil
+}
+
+// Result describes one ingested (or skipped) store path.
+type Result struct {
+	StorePath    string
+	References   []string // basenames
+	Skipped      bool     // the NAR was already stored; only the narinfo was recorded
+	NarSize      uint64
+	UpstreamSize uint64
+	Chunks       int // chunks in the NAR
+	NewChunks    int // chunks that were not stored before
+	StoredBytes  uint64
+	Duration     time.Duration
+}
+
+// ParseHashPart accepts a store path, a store path basename or a bare hash part.
+func ParseHashPart(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	base := strings.TrimPrefix(s, narinfo.StoreDir+"/")
+	if i := strings.IndexByte(base, '/'); i >= 0 { // a path inside a store path
+		base = base[:i]
+	}
+	h := narinfo.HashPart(base)
+	if !narinfo.ValidHashPart(h) || (len(base) > narinfo.HashPartLen && base[narinfo.HashPartLen] != '-') {
+		return "", fmt.Errorf("%q is not a store path (/nix/store/<32-char-hash>-<name>) or hash part", s)
+	}
+	return h, nil
+}
+
+// IngestPath ingests one store path from the upstream. Concurrent calls for
+// the same path share one download. A path whose NAR is stored already is
+// skipped without downloading.
+func (in *Ingester) IngestPath(ctx context.Context, path string) (*Result, error) {
+	h, err := ParseHashPart(path)
+	if err != nil {
+		return nil, err
+	}
+	in.mu.Lock()
+	if f, ok := in.flights[h]; ok {
+		in.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.res, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	in.flights[h] = f
+	in.mu.Unlock()
+
+	f.res, f.err = in.ingestPath(ctx, h)
+	in.mu.Lock()
+	delete(in.flights, h)
+	in.mu.Unlock()
+	close(f.done)
+	return f.res, f.err
+}
+
+func (in *Ingester) ingestPath(ctx context.Context, h string) (*Result, error) {
+	if ni, err := in.ix.NarInfo(ctx, h); err == nil {
+		if ok, err := in.ix.HasNAR(ctx, ni.NarHash); err == nil && ok {
+			in.Progress.NARsSkipped.Add(1)
+			return &Result{StorePath: ni.StorePath, References: ni.References, Skipped: true, NarSize: ni.NarSize}, nil
+		}
+	} else if !errors.Is(err, index.ErrNotFound) {
+		return nil, fmt.Errorf("%s: %w", h, err)
+	}
+	if in.up == nil {
+		return nil, fmt.Errorf("%s: not stored and no upstream configured: pass --upstream", h)
+	}
+	ni, err := in.up.NarInfo(ctx, h)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, fmt.Errorf("upstream %s has no narinfo for %s: check the store path and --upstream: %w", in.up, h, err)
+	case errors.Is(err, narinfo.ErrMalformed):
+		return nil, fmt.Errorf("upstream narinfo for %s is unusable (%w): the upstream is broken or not a Nix binary cache", h, err)
+	case errors.Is(err, ErrUpstreamTransient):
+		return nil, fmt.Errorf("upstream narinfo for %s: %w; try again later", h, err)
+	case err != nil:
+		return nil, fmt.Errorf("upstream narinfo for %s: %w", h, err)
+	}
+	if err := in.checkTrust(ni); err != nil {
+		return nil, err
+	}
+	if ok, err := in.ix.HasNAR(ctx, ni.NarHash); err != nil {
+		return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
+	} else if ok {
+		if err := in.ix.AddNarInfo(ctx, ni); err != nil {
+			return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
+		}
+		in.Progress.NARsSkipped.Add(1)
+		return &Result{StorePath: ni.StorePath, References: ni.References, Skipped: true, NarSize: ni.NarSize}, nil
+	}
+	body, err := in.up.NAR(ctx, ni)
+	if err != nil {
+		hint := "the upstream lost it or the narinfo URL is wrong"
+		if errors.Is(err, ErrUpstreamTransient) {
+			hint = "try again later"
+		}
+		return nil, fmt.Errorf("NAR for %s (%s): %w; %s", ni.StorePath, ni.URL, err, hint)
+	}
+	return in.IngestNAR(ctx, ni, body, ni.Compression)
+}
+
+func (in *Ingester) checkTrust(ni *narinfo.NarInfo) error {
+	err := ni.Verify(in.opts.Keys)
+	if err == nil || in.opts.AllowUntrusted {
+		return nil
+	}
+	return fmt.Errorf("upstream narinfo for %s is %w: add the upstream's key with --trusted-public-key NAME:KEY, or pass --allow-untrusted", ni.StorePath, err)
+}
+
+// IngestNAR ingests the NAR described by ni from body, compressed with
+// compression. It closes body. ni must already be trusted by the caller.
+// On any error nothing is recorded.
+func (in *Ingester) IngestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.ReadCloser, compression string) (*Result, error) {
+	start := time.Now()
+	res := &Result{StorePath: ni.StorePath, References: ni.References, NarSize: ni.NarSize}
+	nar, newChunks, err := in.ingestStream(ctx, ni, body, compression, res)
+	if err != nil {
+		in.Progress.NARsFailed.Add(1)
+		in.log.Warn("ingest failed", "store_path", ni.StorePath, "err", err)
+		return nil, err
+	}
+	if err := in.ix.Commit(ctx, ni, nar, newChunks); err != nil {
+		in.Progress.NARsFailed.Add(1)
+		return nil, fmt.Errorf("NAR for %s: record in index: %w", ni.StorePath, err)
+	}
+	res.Duration = time.Since(start)
+	in.Progress.NARsDone.Add(1)
+	in.log.Info("ingested", "store_path", ni.StorePath, "nar_hash", ni.NarHashString(), "bytes", ni.NarSize,
+		"chunks", res.Chunks, "new_chunks", res.NewChunks, "stored_bytes", res.StoredBytes, "dur_ms", res.Duration.Milliseconds())
+	return res, nil
+}
+
+type chunkJob struct {
+	id   chunker.ID
+	buf  *[]byte
+	size int
+}
+
+func (in *Ingester) ingestStream(ctx context.Context, ni *narinfo.NarInfo, body io.ReadCloser, compression string, res *Result) (*index.NAR, []index.Chunk, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	fail := func(format string, a ...any) (*index.NAR, []index.Chunk, error) {
+		return nil, nil, fmt.Errorf("NAR for %s: "+format, append([]any{ni.StorePath}, a...)...)
+	}
+
+	counted := &countingReader{r: body, n: &in.Progress.UpstreamBytes}
+	dec, err := Decompress(counted, compression, in.opts.XZ)
+	if err != nil {
+		body.Close()
+		return fail("%w; nothing was recorded", err)
+	}
+	var src io.Reader = dec
+	var ra *readAhead
+	if compression != "none" && compression != "" && !isExec(dec) {
+		ra = newReadAhead(dec, 1<<20, 4)
+		src = ra
+	}
+	// Close the body first so a read blocked on it returns, then stop the
+	// read-ahead goroutine, and only then the decoder it was reading.
+	defer func() {
+		body.Close()
+		if ra != nil {
+			ra.stop()
+		}
+		dec.Close()
+	}()
+
+	// Read at most NarSize+1 bytes: enough to notice a NAR that is too long
+	// without reading an endless stream.
+	hr := narinfo.NewHashingReader(io.LimitReader(src, int64(ni.NarSize)+1))
+	ch, err := chunker.New(hr, in.opts.Preset)
+	if err != nil {
+		return fail("%w", err)
+	}
+
+	nar := &index.NAR{Hash: ni.NarHash, Size: ni.NarSize, Preset: in.opts.Preset.Name, UpstreamCompression: compression}
+	var (
+		mu        sync.Mutex
+		newChunks []index.Chunk
+		wg        sync.WaitGroup
+		jobs      = make(chan chunkJob, in.opts.ChunkWorkers)
+	)
+	for range in.opts.ChunkWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				if ctx.Err() == nil {
+					if c, err := in.storeChunk(ctx, j); err != nil {
+						cancel(err)
+					} else if c != nil {
+						mu.Lock()
+						newChunks = append(newChunks, *c)
+						mu.Unlock()
+					}
+				}
+				in.bufs.Put(j.buf)
+			}
+		}()
+	}
+	seen := map[chunker.ID]bool{}
+	var readErr error
+	for {
+		c, err := ch.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+		id := chunker.Sum(c.Data)
+		nar.Chunks = append(nar.Chunks, index.ChunkRef{ID: id, Offset: uint64(c.Offset), Size: uint32(len(c.Data))})
+		in.Progress.NARBytes.Add(int64(len(c.Data)))
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		buf := in.bufs.Get().(*[]byte)
+		n := copy(*buf, c.Data)
+		select {
+		case jobs <- chunkJob{id: id, buf: buf, size: n}:
+		case <-ctx.Done():
+			in.bufs.Put(buf)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if cause := context.Cause(ctx); cause != nil {
+		if errors.Is(cause, context.Canceled) || errors.Is(cause, context.DeadlineExceeded) {
+			return fail("%w; nothing was recorded", cause)
+		}
+		return fail("store chunk: %w; check that the chunk store is writable and has space; nothing was recorded", cause)
+	}
+	if readErr != nil {
+		switch {
+		case errors.Is(readErr, ErrDecompress):
+			return fail("%s data is corrupt or truncated after %d NAR bytes: %w; nothing was recorded, the upstream copy may be damaged", compression, hr.Count(), readErr)
+		default:
+			return fail("reading from upstream broke after %d NAR bytes: %v: %w; nothing was recorded, run the ingest again", hr.Count(), readErr, ErrUpstreamTransient)
+		}
+	}
+	if hr.Count() != ni.NarSize {
+		return fail("%w: narinfo says %d bytes, upstream sent %s; nothing was recorded, the upstream copy may be truncated or damaged",
+			ErrSizeMismatch, ni.NarSize, sizeDesc(hr.Count(), ni.NarSize))
+	}
+	if got := hr.Sum(); got != ni.NarHash {
+		return fail("%w: narinfo says %s, the bytes hash to %s; nothing was recorded, the upstream copy is damaged",
+			ErrHashMismatch, ni.NarHashString(), narinfo.FormatHash(got))
+	}
+	nar.UpstreamSize = uint64(counted.count)
+	res.UpstreamSize = nar.UpstreamSize
+	res.Chunks = len(nar.Chunks)
+	res.NewChunks = len(newChunks)
+	for _, c := range newChunks {
+		res.StoredBytes += uint64(c.StoredSize)
+	}
+	return nar, newChunks, nil
+}
+
+func sizeDesc(got, want uint64) string {
+	if got > want {
+		return "more"
+	}
+	return fmt.Sprint(got)
+}
+
+// storeChunk stores a chunk unless the index already records it. It returns
+// the record for a chunk it stored, nil for a known one.
+func (in *Ingester) storeChunk(ctx context.Context, j chunkJob) (*index.Chunk, error) {
+	known, err := in.ix.HasChunks(ctx, []chunker.ID{j.id})
+	if err != nil {
+		return nil, err
+	}
+	if known[0] {
+		return nil, nil
+	}
+	data := (*j.buf)[:j.size]
+	w, err := in.chunks.Put(ctx, j.id, data)
+	if err != nil {
+		return nil, err
+	}
+	in.Progress.NewChunks.Add(1)
+	in.Progress.NewStoredBytes.Add(int64(w.StoredSize))
+	return &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Base: w.Base}, nil
+}
+
+type countingReader struct {
+	r     io.Reader
+	count int64
+	n     *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.count += int64(n)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func isExec(r io.ReadCloser) bool { _, ok := r.(*execReader); return ok }
+
+// readAhead decodes on its own goroutine into a few buffers, so decoding
+// overlaps with hashing and chunking.
+type readAhead struct {
+	ch   chan []byte
+	free chan []byte
+	cur  []byte
+	buf  []byte
+	err  error
+	errc chan error
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newReadAhead(r io.Reader, size, n int) *readAhead {
+	ra := &readAhead{ch: make(chan []byte, n), free: make(chan []byte, n+1), errc: make(chan error, 1), quit: make(chan struct{})}
+	for range n + 1 {
+		ra.free <- make([]byte, size)
+	}
+	ra.wg.Add(1)
+	go func() {
+		defer ra.wg.Done()
+		defer close(ra.ch)
+		for {
+			var b []byte
+			select {
+			case b = <-ra.free:
+			case <-ra.quit:
+				return
+			}
+			n, err := io.ReadFull(r, b)
+			if n > 0 {
+				select {
+				case ra.ch <- b[:n]:
+				case <-ra.quit:
+					return
+				}
+			}
+			if err == io.ErrUnexpectedEOF {
+				err = io.EOF
+			}
+			if err != nil {
+				ra.errc <- err
+				return
+			}
+		}
+	}()
+	return ra
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	for len(ra.cur) == 0 {
+		if ra.buf != nil {
+			ra.free <- ra.buf[:cap(ra.buf)]
+			ra.buf = nil
+		}
+		if ra.err != nil {
+			return 0, ra.err
+		}
+		b, ok := <-ra.ch
+		if !ok {
+			ra.err = <-ra.errc
+			return 0, ra.err
+		}
+		ra.buf, ra.cur = b, b
+	}
+	n := copy(p, ra.cur)
+	ra.cur = ra.cur[n:]
+	return n, nil
+}
+
+// stop ends the goroutine. The source must be unblocked (closed) first or
+// concurrently, since a Read in progress is waited for.
+func (ra *readAhead) stop() {
+	close(ra.quit)
+	ra.wg.Wait()
+}
