@@ -1,0 +1,199 @@
+// Command narstore stores Nix binary cache NARs as deduplicated chunks and
+// serves them back to Nix clients.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/store"
+)
+
+// exitError carries an exit code; its message has already been printed
+// when msg is empty.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+type runFunc func(ctx context.Context, env *cmdEnv) error
+
+type command struct {
+	name    string
+	usage   string
+	summary string
+	setup   func(fs *flag.FlagSet) runFunc
+}
+
+var commands = []command{
+	{"ingest", "ingest [flags] [STORE-PATH...]", "fetch NARs from an upstream binary cache into the chunk store", setupIngest},
+	{"stats", "stats [--json]", "show stored NARs, chunks, bytes and dedup ratios", setupStats},
+	{"verify", "verify", "re-read every stored NAR from its chunks and check its NarHash", setupVerify},
+}
+
+// common holds the settings every command has.
+type common struct {
+	data       string
+	configFile string
+	logLevel   string
+	printCfg   bool
+	zstdLevel  int
+}
+
+// cmdEnv is what a running command gets.
+type cmdEnv struct {
+	common
+	fs     *flag.FlagSet
+	stdout io.Writer
+	stderr io.Writer
+	log    *slog.Logger
+	args   []string
+}
+
+func addCommon(fs *flag.FlagSet, c *common) {
+	fs.StringVar(&c.data, "data", "./narstore-data", "directory holding the embedded index (index.db) and chunk store (chunks/)")
+	fs.StringVar(&c.configFile, "config", "", "optional config `FILE` of \"key = value\" lines (keys are flag names); flags and NARSTORE_* variables override it")
+	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	fs.BoolVar(&c.printCfg, "print-config", false, "print the effective settings (secrets redacted) and exit")
+	fs.IntVar(&c.zstdLevel, "zstd-level", 3, "zstd level (1-22) for new chunks; changes stored size and ingest CPU, not read speed")
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	var ee *exitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		if ee.msg != "" {
+			fmt.Fprintln(os.Stderr, "narstore:", ee.msg)
+		}
+		os.Exit(ee.code)
+	default:
+		fmt.Fprintln(os.Stderr, "narstore:", err)
+		os.Exit(1)
+	}
+}
+
+func topUsage(w io.Writer) {
+	fmt.Fprintf(w, "narstore stores Nix binary cache NARs as deduplicated chunks and serves them to Nix.\n\nUsage:\n  narstore <command> [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "\nRun 'narstore <command> --help' for its settings. Every flag can also be set as a\nNARSTORE_<FLAG> environment variable (e.g. NARSTORE_DATA) or in --config FILE.\n")
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		topUsage(stdout)
+		if len(args) == 0 {
+			return &exitError{code: 2}
+		}
+		return nil
+	}
+	var cmd *command
+	for i := range commands {
+		if commands[i].name == args[0] {
+			cmd = &commands[i]
+		}
+	}
+	if cmd == nil {
+		topUsage(stderr)
+		return &exitError{code: 2, msg: fmt.Sprintf("unknown command %q", args[0])}
+	}
+	fs := flag.NewFlagSet(cmd.name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env := &cmdEnv{fs: fs, stdout: stdout, stderr: stderr}
+	addCommon(fs, &env.common)
+	runCmd := cmd.setup(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: narstore %s\n\n%s.\n\nSettings (flag, or NARSTORE_<NAME> in the environment, or name = value in --config):\n", cmd.usage, capitalize(cmd.summary))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{code: 2}
+	}
+	cfgFile := env.configFile
+	if cfgFile == "" {
+		cfgFile = os.Getenv(envName("config"))
+	}
+	for name := range allFlagNames() {
+		globalOnly[name] = true
+	}
+	if err := resolve(fs, cfgFile); err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	if env.printCfg {
+		printConfig(fs)
+		return nil
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(env.logLevel)); err != nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("--log-level %q: want debug, info, warn or error", env.logLevel)}
+	}
+	env.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	env.args = fs.Args()
+	return runCmd(ctx, env)
+}
+
+func allFlagNames() map[string]bool {
+	names := map[string]bool{}
+	for _, c := range commands {
+		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+		var cm common
+		addCommon(fs, &cm)
+		c.setup(fs)
+		fs.VisitAll(func(f *flag.Flag) { names[f.Name] = true })
+	}
+	return names
+}
+
+func capitalize(s string) string { return strings.ToUpper(s[:1]) + s[1:] }
+
+// openData opens the embedded index and chunk store under --data.
+func (e *cmdEnv) openData(create bool) (*index.SQLite, *store.Chunks, error) {
+	if !create {
+		if _, err := os.Stat(filepath.Join(e.data, "index.db")); err != nil {
+			return nil, nil, fmt.Errorf("no narstore data in %s (index.db missing): pass --data, or ingest something first", e.data)
+		}
+	}
+	if err := os.MkdirAll(e.data, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("data directory: %w", err)
+	}
+	ix, err := index.OpenSQLite(filepath.Join(e.data, "index.db"), nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir, err := store.OpenDir(filepath.Join(e.data, "chunks"))
+	if err != nil {
+		ix.Close()
+		return nil, nil, err
+	}
+	chunks, err := store.NewChunks(dir, store.ChunksOptions{Level: e.zstdLevel})
+	if err != nil {
+		ix.Close()
+		return nil, nil, fmt.Errorf("--zstd-level: %w", err)
+	}
+	return ix, chunks, nil
+}
+
+func presetFlag(fs *flag.FlagSet) *string {
+	return fs.String("preset", chunker.DefaultPreset, "chunker preset for new NARs, one of: "+strings.Join(chunker.PresetNames(), ", "))
+}

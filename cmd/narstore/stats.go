@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/narstore/narstore/index"
+)
+
+func setupStats(fs *flag.FlagSet) runFunc {
+	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	return func(ctx context.Context, env *cmdEnv) error {
+		ix, _, err := env.openData(false)
+		if err != nil {
+			return err
+		}
+		defer ix.Close()
+		st, err := ix.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			out := struct {
+				index.Stats
+				StoredPerUpstream float64 `json:"stored_per_upstream"`
+				StoredPerNAR      float64 `json:"stored_per_nar"`
+			}{st, ratio(st.StoredBytes, st.UpstreamSize), ratio(st.StoredBytes, st.NARBytes)}
+			enc := json.NewEncoder(env.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(out)
+		}
+		writeStats(env.stdout, st)
+		return nil
+	}
+}
+
+func ratio(a, b uint64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func writeStats(w io.Writer, st index.Stats) {
+	fmt.Fprintf(w, "NARs:                      %d (%d store paths)\n", st.NARs, st.NarInfos)
+	fmt.Fprintf(w, "Upstream compressed bytes: %s\n", human(st.UpstreamSize))
+	fmt.Fprintf(w, "NAR bytes:                 %s\n", human(st.NARBytes))
+	fmt.Fprintf(w, "Distinct chunks:           %d (%s before compression)\n", st.Chunks, human(st.ChunkBytes))
+	fmt.Fprintf(w, "Stored bytes:              %s\n", human(st.StoredBytes))
+	fmt.Fprintf(w, "Stored / upstream:         %.3f\n", ratio(st.StoredBytes, st.UpstreamSize))
+	fmt.Fprintf(w, "Stored / NAR:              %.3f\n", ratio(st.StoredBytes, st.NARBytes))
+}
