@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -85,7 +86,7 @@ func resolve(fs *flag.FlagSet, configFile string) error {
 var globalOnly = map[string]bool{}
 
 // printConfig writes the effective settings, secrets redacted.
-func printConfig(fs *flag.FlagSet) {
+func printConfig(w io.Writer, fs *flag.FlagSet) {
 	var lines []string
 	fs.VisitAll(func(f *flag.Flag) {
 		v := f.Value.String()
@@ -96,6 +97,6 @@ func printConfig(fs *flag.FlagSet) {
 	})
 	sort.Strings(lines)
 	for _, l := range lines {
-		fmt.Fprintln(os.Stderr, l)
+		fmt.Fprintln(w, l)
 	}
 }

@@ -141,7 +141,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return &exitError{code: 2, msg: err.Error()}
 	}
 	if env.printCfg {
-		printConfig(fs)
+		printConfig(stderr, fs)
 		return nil
 	}
 	var lvl slog.Level

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/narstore/narstore/internal/nixtest"
+)
+
+// narstore runs the command in-process and returns stdout, stderr and the exit code.
+func narstore(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), args, &out, &errb)
+	code := 0
+	var ee *exitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.code
+		errb.WriteString(ee.msg)
+	case err != nil:
+		code = 1
+		errb.WriteString(err.Error())
+	}
+	return out.String(), errb.String(), code
+}
+
+type statsJSON struct {
+	NARs              int64   `json:"nars"`
+	NarInfos          int64   `json:"narinfos"`
+	NARBytes          uint64  `json:"nar_bytes"`
+	UpstreamBytes     uint64  `json:"upstream_bytes"`
+	Chunks            int64   `json:"chunks"`
+	StoredBytes       uint64  `json:"stored_bytes"`
+	StoredPerUpstream float64 `json:"stored_per_upstream"`
+}
+
+func stats(t *testing.T, data string) statsJSON {
+	t.Helper()
+	out, errs, code := narstore(t, "stats", "--data", data, "--json")
+	if code != 0 {
+		t.Fatalf("stats: %d %s", code, errs)
+	}
+	var st statsJSON
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("stats --json: %v\n%s", err, out)
+	}
+	return st
+}
+
+func TestIngestStatsVerify(t *testing.T) {
+	cache := nixtest.NewCache(t, "up-1")
+	var paths []string
+	var narBytes uint64
+	for _, d := range []string{"src/sort", "src/bufio", "src/encoding/json"} {
+		ni := cache.Add(t, nixtest.Path{Name: filepath.Base(d), NAR: nixtest.DumpPath(t, nixtest.GoRoot(t, d))})
+		paths = append(paths, ni.StorePath)
+		narBytes += ni.NarSize
+	}
+	pathsFile := filepath.Join(t.TempDir(), "store-paths")
+	os.WriteFile(pathsFile, []byte(strings.Join(paths[1:], "\n")+"\n"), 0o644)
+	data := t.TempDir()
+	key := cache.PublicKey.String()
+
+	out, errs, code := narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", key, "--paths", pathsFile, paths[0])
+	if code != 0 {
+		t.Fatalf("ingest exit %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "Ingested 3 NARs") || !strings.Contains(out, "Stored / upstream:") {
+		t.Errorf("ingest summary:\n%s", out)
+	}
+	st := stats(t, data)
+	if st.NARs != 3 || st.NARBytes != narBytes || st.UpstreamBytes == 0 || st.StoredBytes == 0 || st.StoredPerUpstream <= 0 {
+		t.Errorf("stats %+v", st)
+	}
+	out, _, code = narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", key, paths[0])
+	if code != 0 || !strings.Contains(out, "(1 already stored") {
+		t.Errorf("re-ingest: %d\n%s", code, out)
+	}
+
+	out, errs, code = narstore(t, "verify", "--data", data)
+	if code != 0 || !strings.Contains(out, "Verified 3 NARs") {
+		t.Fatalf("verify: %d %s %s", code, out, errs)
+	}
+	// Damage one chunk on disk: verify names the store path and fails.
+	var victim string
+	filepath.WalkDir(filepath.Join(data, "chunks", "chunks"), func(p string, d fs.DirEntry, err error) error {
+		if d != nil && !d.IsDir() && victim == "" {
+			victim = p
+		}
+		return nil
+	})
+	b, _ := os.ReadFile(victim)
+	b[len(b)/2] ^= 0xff
+	os.WriteFile(victim, b, 0o644)
+	out, errs, code = narstore(t, "verify", "--data", data)
+	if code != 1 || !strings.Contains(out, "DAMAGED /nix/store/") || !strings.Contains(out, "1 damaged") {
+		t.Fatalf("verify after damage: exit %d\n%s\n%s", code, out, errs)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	data := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ingest", "--data", data, "/nix/store/x"}, "--upstream"},
+		{[]string{"ingest", "--data", data, "--upstream", "file:///x"}, "--trusted-public-key"},
+		{[]string{"ingest", "--data", data, "--upstream", "ftp://x", "--allow-untrusted", "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x"}, "http://"},
+		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--trusted-public-key", "nonsense"}, "NAME:BASE64"},
+		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "--preset", "huge"}, "unknown chunker preset"},
+		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "not-a-path"}, "not a store path"},
+		{[]string{"stats", "--data", filepath.Join(data, "nothing")}, "ingest something first"},
+		{[]string{"frobnicate"}, "unknown command"},
+	} {
+		_, errs, code := narstore(t, tc.args...)
+		if code == 0 || !strings.Contains(errs, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want it to mention %q", tc.args, code, errs, tc.want)
+		}
+	}
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "narstore.conf")
+	os.WriteFile(cfg, []byte("# comment\ndata = /from/file\njobs = 7\nupstream = file:///file\njson = true\n"), 0o644)
+	t.Setenv("NARSTORE_JOBS", "9")
+	_, errs, code := narstore(t, "ingest", "--config", cfg, "--upstream", "file:///flag", "--print-config")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"data = /from/file", "jobs = 9", "upstream = file:///flag"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, errs)
+		}
+	}
+	os.WriteFile(cfg, []byte("no-such-setting = 1\n"), 0o644)
+	if _, errs, code := narstore(t, "stats", "--config", cfg); code != 2 || !strings.Contains(errs, "unknown setting") {
+		t.Errorf("unknown config key: exit %d %s", code, errs)
+	}
+}
+
+// A cache written by the real Nix client (nix copy --to file://) ingests, in
+// every compression Nix writes here.
+func TestRealNixFileCache(t *testing.T) {
+	nix := nixtest.NewNix(t)
+	p1 := nix.Add(t, nixtest.GoRoot(t, "src/net/url"))
+	p2 := nix.Add(t, nixtest.GoRoot(t, "src/encoding/json"))
+	for _, comp := range []string{"xz", "zstd", "bzip2", "none"} {
+		t.Run(comp, func(t *testing.T) {
+			cache := nix.FileCache(t, comp, p1, p2)
+			data := t.TempDir()
+			out, errs, code := narstore(t, "ingest", "--data", data, "--upstream", "file://"+cache, "--trusted-public-key", nix.PublicKey, p1, p2)
+			if code != 0 {
+				t.Fatalf("exit %d: %s\n%s", code, errs, out)
+			}
+			if st := stats(t, data); st.NARs != 2 {
+				t.Fatalf("stats %+v", st)
+			}
+			if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
+				t.Fatalf("verify: %s %s", out, errs)
+			}
+		})
+	}
+}
+
+var binPath string
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	if binPath != "" {
+		return binPath
+	}
+	binPath = filepath.Join(os.TempDir(), fmt.Sprintf("narstore-test-%d", os.Getpid()))
+	cmd := exec.Command("go", "build", "-o", binPath, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.Remove(binPath)
+	}
+	os.Exit(code)
+}
+
+// A process SIGKILLed in the middle of a NAR leaves nothing recorded, and the
+// next run finishes cleanly.
+func TestKilledMidIngestRecovers(t *testing.T) {
+	bin := buildBinary(t)
+	cache := nixtest.NewCache(t, "up-1")
+	ni := cache.Add(t, nixtest.Path{Name: "http", NAR: nixtest.DumpPath(t, nixtest.GoRoot(t, "src/net/http")), Compression: "none"})
+	var slow atomic.Bool
+	slow.Store(true)
+	started := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/nar/") || !slow.Load() {
+			http.FileServer(http.Dir(cache.Dir)).ServeHTTP(w, r)
+			return
+		}
+		body, _ := os.ReadFile(filepath.Join(cache.Dir, r.URL.Path))
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		w.Write(body[:len(body)/2])
+		w.(http.Flusher).Flush()
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-r.Context().Done() // hang until the client goes away
+	}))
+	defer srv.Close()
+	data := t.TempDir()
+	args := []string{"ingest", "--data", data, "--upstream", srv.URL, "--trusted-public-key", cache.PublicKey.String(), ni.StorePath}
+	cmd := exec.Command(bin, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("ingest never started downloading")
+	}
+	time.Sleep(100 * time.Millisecond) // let it chunk and store what it has
+	cmd.Process.Kill()
+	cmd.Wait()
+	if st := stats(t, data); st.NARs != 0 || st.NarInfos != 0 {
+		t.Fatalf("killed ingest left records: %+v", st)
+	}
+	slow.Store(false)
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rerun: %v\n%s", err, out)
+	}
+	if st := stats(t, data); st.NARs != 1 {
+		t.Fatalf("after rerun: %+v", st)
+	}
+	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
+		t.Fatalf("verify: %s %s", out, errs)
+	}
+}
