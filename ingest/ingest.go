@@ -235,6 +235,12 @@ func (in *Ingester) IngestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.
 		in.log.Warn("ingest failed", "store_path", ni.StorePath, "err", err)
 		return nil, err
 	}
+	if len(newChunks) > 0 {
+		if err := in.chunks.Sync(ctx); err != nil {
+			in.Progress.NARsFailed.Add(1)
+			return nil, fmt.Errorf("NAR for %s: %w; nothing was recorded", ni.StorePath, err)
+		}
+	}
 	if err := in.ix.Commit(ctx, ni, nar, newChunks); err != nil {
 		in.Progress.NARsFailed.Add(1)
 		return nil, fmt.Errorf("NAR for %s: record in index: %w", ni.StorePath, err)

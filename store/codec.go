@@ -58,9 +58,15 @@ type Chunks struct {
 	maxDepth int
 }
 
+// DefaultLevel is the zstd level new chunks get unless configured. Measured
+// on a real 122 MB NAR (Go toolchain binaries and sources), one core, store on
+// tmpfs: level 1 ingests new data at ~153 MB/s and stores 0.355 of the NAR;
+// level 3 at ~107 MB/s stores 0.338. Decoding speed is the same.
+const DefaultLevel = 1
+
 // ChunksOptions tune a Chunks. The zero value is usable.
 type ChunksOptions struct {
-	// Level is the zstd level (1–22, as in the zstd CLI); 0 means 3. It changes
+	// Level is the zstd level (1–22, as in the zstd CLI); 0 means DefaultLevel. It changes
 	// stored bytes and ingest CPU, not decoding speed.
 	Level int
 	// MaxDeltaDepth bounds delta chains on read; 0 means DefaultMaxDeltaDepth.
@@ -70,7 +76,7 @@ type ChunksOptions struct {
 // NewChunks returns a Chunks over s.
 func NewChunks(s Store, o ChunksOptions) (*Chunks, error) {
 	if o.Level == 0 {
-		o.Level = 3
+		o.Level = DefaultLevel
 	}
 	if o.Level < 1 || o.Level > 22 {
 		return nil, fmt.Errorf("zstd level %d out of range 1–22", o.Level)
@@ -118,7 +124,10 @@ func (c *Chunks) Encode(data []byte) ([]byte, Written) {
 // EncodeDelta returns the blob for data compressed against base (the bytes of
 // chunk baseID). The caller decides whether it beats Encode by enough to keep.
 func (c *Chunks) EncodeDelta(data []byte, baseID chunker.ID, base []byte) ([]byte, Written, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(c.level), zstd.WithEncoderCRC(false),
+	// The fastest zstd level barely matches into a raw dictionary, so deltas
+	// always use at least the default level.
+	lvl := max(c.level, zstd.SpeedDefault)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false),
 		zstd.WithEncoderConcurrency(1), zstd.WithEncoderDictRaw(1, base), zstd.WithWindowSize(windowFor(len(base)+len(data))))
 	if err != nil {
 		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
@@ -147,6 +156,14 @@ func (c *Chunks) Put(ctx context.Context, id chunker.ID, data []byte) (Written, 
 		return Written{}, err
 	}
 	return w, nil
+}
+
+// Sync makes the chunks Put so far durable, if the store needs that (Syncer).
+func (c *Chunks) Sync(ctx context.Context) error {
+	if s, ok := c.store.(Syncer); ok {
+		return s.Sync(ctx)
+	}
+	return nil
 }
 
 // BlobHeader parses a blob's header.

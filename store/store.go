@@ -46,3 +46,11 @@ type Store interface {
 	// particular order. An error from fn stops the walk and is returned.
 	Walk(ctx context.Context, fn func(id chunker.ID, size int64) error) error
 }
+
+// Syncer is implemented by stores whose Put is atomic but not yet durable.
+// Sync makes every Put that returned before it durable. Writers call it
+// before recording the blobs in the index, so the index never names a blob a
+// crash could lose. Stores without it are durable when Put returns.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}

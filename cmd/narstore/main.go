@@ -68,7 +68,7 @@ func addCommon(fs *flag.FlagSet, c *common) {
 	fs.StringVar(&c.configFile, "config", "", "optional config `FILE` of \"key = value\" lines (keys are flag names); flags and NARSTORE_* variables override it")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.printCfg, "print-config", false, "print the effective settings (secrets redacted) and exit")
-	fs.IntVar(&c.zstdLevel, "zstd-level", 3, "zstd level (1-22) for new chunks; changes stored size and ingest CPU, not read speed")
+	fs.IntVar(&c.zstdLevel, "zstd-level", store.DefaultLevel, "zstd level (1-22) for new chunks; higher stores fewer bytes for more ingest CPU, read speed is unchanged")
 }
 
 func main() {
