@@ -83,7 +83,8 @@ type Index interface {
 	// its chunk list, and the narinfo pointing at it. Every chunk in the list
 	// must be recorded already or be in newChunks, else ErrMissingChunk and
 	// nothing is written. Recording a NAR that exists keeps the existing one;
-	// recording a narinfo that exists replaces it. Idempotent.
+	// recording a narinfo that exists replaces it. ni may be nil to record
+	// only the NAR (an upload whose narinfo comes later). Idempotent.
 	Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, newChunks []Chunk) error
 	// AddNarInfo records a narinfo for a NAR that is already recorded
 	// (ErrNotFound otherwise), replacing any narinfo for the same path.

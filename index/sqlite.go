@@ -218,33 +218,39 @@ func (s *SQLite) HasChunks(ctx context.Context, ids []chunker.ID) ([]bool, error
 
 // Commit implements Index.
 func (s *SQLite) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, newChunks []Chunk) error {
-	if ni.NarHash != nar.Hash || ni.NarSize != nar.Size {
-		return fmt.Errorf("commit %s: narinfo and NAR disagree on hash or size", ni.StorePath)
+	what := narinfo.FormatHash(nar.Hash)
+	if ni != nil {
+		what = ni.StorePath
+		if ni.NarHash != nar.Hash || ni.NarSize != nar.Size {
+			return fmt.Errorf("commit %s: narinfo and NAR disagree on hash or size", ni.StorePath)
+		}
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("commit %s: %w", ni.StorePath, err)
+		return fmt.Errorf("commit %s: %w", what, err)
 	}
 	defer tx.Rollback()
 	now := s.now().Unix()
 	if err := insertChunks(ctx, tx, newChunks, now); err != nil {
-		return fmt.Errorf("commit %s: %w", ni.StorePath, err)
+		return fmt.Errorf("commit %s: %w", what, err)
 	}
 	res, err := tx.ExecContext(ctx, `INSERT INTO nars (`+narCols+`, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (nar_hash) DO NOTHING`,
 		nar.Hash[:], nar.Size, nar.Preset, nar.Transform, len(nar.Chunks), nar.UpstreamSize, nar.UpstreamCompression, now)
 	if err != nil {
-		return fmt.Errorf("commit %s: insert nar: %w", ni.StorePath, err)
+		return fmt.Errorf("commit %s: insert nar: %w", what, err)
 	}
 	if n, _ := res.RowsAffected(); n == 1 {
 		if err := insertNARChunks(ctx, tx, nar); err != nil {
-			return fmt.Errorf("commit %s: %w", ni.StorePath, err)
+			return fmt.Errorf("commit %s: %w", what, err)
 		}
 	}
-	if err := upsertNarInfo(ctx, tx, ni, now); err != nil {
-		return fmt.Errorf("commit %s: %w", ni.StorePath, err)
+	if ni != nil {
+		if err := upsertNarInfo(ctx, tx, ni, now); err != nil {
+			return fmt.Errorf("commit %s: %w", what, err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit %s: %w", ni.StorePath, err)
+		return fmt.Errorf("commit %s: %w", what, err)
 	}
 	return nil
 }

@@ -178,8 +178,31 @@ func (in *Ingester) ingestPath(ctx context.Context, h string) (*Result, error) {
 	} else if !errors.Is(err, index.ErrNotFound) {
 		return nil, fmt.Errorf("%s: %w", h, err)
 	}
+	ni, err := in.UpstreamNarInfo(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := in.ix.HasNAR(ctx, ni.NarHash); err != nil {
+		return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
+	} else if ok {
+		if err := in.ix.AddNarInfo(ctx, ni); err != nil {
+			return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
+		}
+		in.Progress.NARsSkipped.Add(1)
+		return &Result{StorePath: ni.StorePath, References: ni.References, Skipped: true, NarSize: ni.NarSize}, nil
+	}
+	return in.IngestFromUpstream(ctx, ni, nil)
+}
+
+// HasUpstream reports whether an upstream is configured.
+func (in *Ingester) HasUpstream() bool { return in.up != nil }
+
+// UpstreamNarInfo fetches a narinfo from the upstream and checks that a
+// trusted key signed it. Errors name the path and say what to do; a missing
+// narinfo Is ErrNotFound.
+func (in *Ingester) UpstreamNarInfo(ctx context.Context, h string) (*narinfo.NarInfo, error) {
 	if in.up == nil {
-		return nil, fmt.Errorf("%s: not stored and no upstream configured: pass --upstream", h)
+		return nil, fmt.Errorf("%s: not stored and no upstream configured: pass --upstream: %w", h, ErrNotFound)
 	}
 	ni, err := in.up.NarInfo(ctx, h)
 	switch {
@@ -195,15 +218,13 @@ func (in *Ingester) ingestPath(ctx context.Context, h string) (*Result, error) {
 	if err := in.checkTrust(ni); err != nil {
 		return nil, err
 	}
-	if ok, err := in.ix.HasNAR(ctx, ni.NarHash); err != nil {
-		return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
-	} else if ok {
-		if err := in.ix.AddNarInfo(ctx, ni); err != nil {
-			return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
-		}
-		in.Progress.NARsSkipped.Add(1)
-		return &Result{StorePath: ni.StorePath, References: ni.References, Skipped: true, NarSize: ni.NarSize}, nil
-	}
+	return ni, nil
+}
+
+// IngestFromUpstream downloads and ingests the NAR of a trusted narinfo. If
+// tee is not nil, the NAR bytes are written to it as they are verified-in-
+// progress (the final verdict is this method's error).
+func (in *Ingester) IngestFromUpstream(ctx context.Context, ni *narinfo.NarInfo, tee io.Writer) (*Result, error) {
 	body, err := in.up.NAR(ctx, ni)
 	if err != nil {
 		hint := "the upstream lost it or the narinfo URL is wrong"
@@ -212,7 +233,7 @@ func (in *Ingester) ingestPath(ctx context.Context, h string) (*Result, error) {
 		}
 		return nil, fmt.Errorf("NAR for %s (%s): %w; %s", ni.StorePath, ni.URL, err, hint)
 	}
-	return in.IngestNAR(ctx, ni, body, ni.Compression)
+	return in.ingestNAR(ctx, ni, body, ni.Compression, tee)
 }
 
 func (in *Ingester) checkTrust(ni *narinfo.NarInfo) error {
@@ -227,19 +248,21 @@ func (in *Ingester) checkTrust(ni *narinfo.NarInfo) error {
 // compression. It closes body. ni must already be trusted by the caller.
 // On any error nothing is recorded.
 func (in *Ingester) IngestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.ReadCloser, compression string) (*Result, error) {
+	return in.ingestNAR(ctx, ni, body, compression, nil)
+}
+
+func (in *Ingester) ingestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.ReadCloser, compression string, tee io.Writer) (*Result, error) {
 	start := time.Now()
 	res := &Result{StorePath: ni.StorePath, References: ni.References, NarSize: ni.NarSize}
-	nar, newChunks, err := in.ingestStream(ctx, ni, body, compression, res)
+	nar, newChunks, err := in.ingestStream(ctx, ni.StorePath, &ni.NarHash, ni.NarSize, body, compression, tee, res)
 	if err != nil {
 		in.Progress.NARsFailed.Add(1)
 		in.log.Warn("ingest failed", "store_path", ni.StorePath, "err", err)
 		return nil, err
 	}
-	if len(newChunks) > 0 {
-		if err := in.chunks.Sync(ctx); err != nil {
-			in.Progress.NARsFailed.Add(1)
-			return nil, fmt.Errorf("NAR for %s: %w; nothing was recorded", ni.StorePath, err)
-		}
+	if err := in.syncChunks(ctx, newChunks); err != nil {
+		in.Progress.NARsFailed.Add(1)
+		return nil, fmt.Errorf("NAR for %s: %w; nothing was recorded", ni.StorePath, err)
 	}
 	if err := in.ix.Commit(ctx, ni, nar, newChunks); err != nil {
 		in.Progress.NARsFailed.Add(1)
@@ -258,11 +281,14 @@ type chunkJob struct {
 	size int
 }
 
-func (in *Ingester) ingestStream(ctx context.Context, ni *narinfo.NarInfo, body io.ReadCloser, compression string, res *Result) (*index.NAR, []index.Chunk, error) {
+// ingestStream reads, verifies, chunks and stores one NAR. With wantHash nil
+// (uploads) the NAR's hash and size are computed, up to maxSize bytes; else
+// they must equal *wantHash and size.
+func (in *Ingester) ingestStream(ctx context.Context, what string, wantHash *[32]byte, size uint64, body io.ReadCloser, compression string, tee io.Writer, res *Result) (*index.NAR, []index.Chunk, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	fail := func(format string, a ...any) (*index.NAR, []index.Chunk, error) {
-		return nil, nil, fmt.Errorf("NAR for %s: "+format, append([]any{ni.StorePath}, a...)...)
+		return nil, nil, fmt.Errorf("NAR for %s: "+format, append([]any{what}, a...)...)
 	}
 
 	counted := &countingReader{r: body, n: &in.Progress.UpstreamBytes}
@@ -289,13 +315,17 @@ func (in *Ingester) ingestStream(ctx context.Context, ni *narinfo.NarInfo, body 
 
 	// Read at most NarSize+1 bytes: enough to notice a NAR that is too long
 	// without reading an endless stream.
-	hr := narinfo.NewHashingReader(io.LimitReader(src, int64(ni.NarSize)+1))
-	ch, err := chunker.New(hr, in.opts.Preset)
+	hr := narinfo.NewHashingReader(io.LimitReader(src, int64(size)+1))
+	var chunkSrc io.Reader = hr
+	if tee != nil {
+		chunkSrc = io.TeeReader(hr, tee)
+	}
+	ch, err := chunker.New(chunkSrc, in.opts.Preset)
 	if err != nil {
 		return fail("%w", err)
 	}
 
-	nar := &index.NAR{Hash: ni.NarHash, Size: ni.NarSize, Preset: in.opts.Preset.Name, UpstreamCompression: compression}
+	nar := &index.NAR{Preset: in.opts.Preset.Name, UpstreamCompression: compression}
 	var (
 		mu        sync.Mutex
 		newChunks []index.Chunk
@@ -365,13 +395,24 @@ func (in *Ingester) ingestStream(ctx context.Context, ni *narinfo.NarInfo, body 
 			return fail("reading from upstream broke after %d NAR bytes: %v: %w; nothing was recorded, run the ingest again", hr.Count(), readErr, ErrUpstreamTransient)
 		}
 	}
-	if hr.Count() != ni.NarSize {
-		return fail("%w: narinfo says %d bytes, upstream sent %s; nothing was recorded, the upstream copy may be truncated or damaged",
-			ErrSizeMismatch, ni.NarSize, sizeDesc(hr.Count(), ni.NarSize))
-	}
-	if got := hr.Sum(); got != ni.NarHash {
-		return fail("%w: narinfo says %s, the bytes hash to %s; nothing was recorded, the upstream copy is damaged",
-			ErrHashMismatch, ni.NarHashString(), narinfo.FormatHash(got))
+	if wantHash == nil {
+		if hr.Count() > size {
+			return fail("%w: larger than the limit of %d bytes; nothing was recorded", ErrSizeMismatch, size)
+		}
+		if hr.Count() == 0 {
+			return fail("%w: empty; nothing was recorded", ErrSizeMismatch)
+		}
+		nar.Hash, nar.Size = hr.Sum(), hr.Count()
+	} else {
+		if hr.Count() != size {
+			return fail("%w: narinfo says %d bytes, upstream sent %s; nothing was recorded, the upstream copy may be truncated or damaged",
+				ErrSizeMismatch, size, sizeDesc(hr.Count(), size))
+		}
+		if got := hr.Sum(); got != *wantHash {
+			return fail("%w: narinfo says %s, the bytes hash to %s; nothing was recorded, the upstream copy is damaged",
+				ErrHashMismatch, narinfo.FormatHash(*wantHash), narinfo.FormatHash(got))
+		}
+		nar.Hash, nar.Size = *wantHash, size
 	}
 	nar.UpstreamSize = uint64(counted.count)
 	res.UpstreamSize = nar.UpstreamSize
@@ -500,4 +541,32 @@ func (ra *readAhead) Read(p []byte) (int, error) {
 func (ra *readAhead) stop() {
 	close(ra.quit)
 	ra.wg.Wait()
+}
+
+func (in *Ingester) syncChunks(ctx context.Context, newChunks []index.Chunk) error {
+	if len(newChunks) == 0 {
+		return nil
+	}
+	return in.chunks.Sync(ctx)
+}
+
+// IngestUpload ingests an uploaded NAR whose hash is not known in advance
+// (nix copy sends the NAR before its narinfo). It records the NAR without a
+// narinfo and returns it; AddNarInfo attaches the narinfo later. At most
+// maxSize NAR bytes are accepted.
+func (in *Ingester) IngestUpload(ctx context.Context, body io.ReadCloser, compression string, maxSize uint64) (*index.NAR, error) {
+	res := &Result{}
+	nar, newChunks, err := in.ingestStream(ctx, "upload", nil, maxSize, body, compression, nil, res)
+	if err != nil {
+		in.Progress.NARsFailed.Add(1)
+		return nil, err
+	}
+	if err := in.syncChunks(ctx, newChunks); err != nil {
+		return nil, fmt.Errorf("uploaded NAR: %w; nothing was recorded", err)
+	}
+	if err := in.ix.Commit(ctx, nil, nar, newChunks); err != nil {
+		return nil, fmt.Errorf("uploaded NAR: record in index: %w", err)
+	}
+	in.Progress.NARsDone.Add(1)
+	return nar, nil
 }

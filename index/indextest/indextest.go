@@ -161,6 +161,28 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 	})
 
+	t.Run("NAROnlyThenNarInfo", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("upload", 2, 100)
+		if err := ix.Commit(ctx, nil, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		if ok, _ := ix.HasNAR(ctx, nar.Hash); !ok {
+			t.Fatal("NAR-only commit did not record the NAR")
+		}
+		if _, err := ix.NarInfo(ctx, ni.HashPart()); !errors.Is(err, index.ErrNotFound) {
+			t.Fatalf("narinfo recorded by a NAR-only commit: %v", err)
+		}
+		wrong := *ni
+		wrong.NarSize++
+		if err := ix.AddNarInfo(ctx, &wrong); err == nil {
+			t.Fatal("AddNarInfo accepted a NarSize that differs from the NAR")
+		}
+		if err := ix.AddNarInfo(ctx, ni); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("DeltaBaseRecorded", func(t *testing.T) {
 		ix := newIdx(t)
 		ni, nar, chunks := Fixture("delta", 2, 100)
