@@ -82,6 +82,7 @@ type Server struct {
 	mu       sync.Mutex
 	negative map[string]time.Time          // hash part -> expiry
 	pending  map[[32]byte]*narinfo.NarInfo // NAR hash -> trusted upstream narinfo not yet ingested
+	pendingP map[string]*narinfo.NarInfo   // the same, by store path hash part
 	spools   map[[32]byte]*spool           // NAR hash -> in-flight pull-through
 	uploads  map[string]uploaded           // upload URL path -> NAR it carried
 	lookups  map[string]*narinfoLookup     // hash part -> in-flight upstream narinfo fetch
@@ -127,7 +128,7 @@ func NewServer(ix Index, cache *Cache, in Ingester, o Options) *Server {
 		o.ReadAhead = DefaultReadAhead
 	}
 	s := &Server{ix: ix, cache: cache, in: in, o: o, log: o.Logger, now: o.Now,
-		negative: map[string]time.Time{}, pending: map[[32]byte]*narinfo.NarInfo{},
+		negative: map[string]time.Time{}, pending: map[[32]byte]*narinfo.NarInfo{}, pendingP: map[string]*narinfo.NarInfo{},
 		spools: map[[32]byte]*spool{}, uploads: map[string]uploaded{}, lookups: map[string]*narinfoLookup{}}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.zenc.New = func() any {
@@ -315,6 +316,10 @@ func (s *Server) pullNarInfo(ctx context.Context, h string) (*narinfo.NarInfo, e
 	}
 	now := s.now()
 	s.mu.Lock()
+	if ni := s.pendingP[h]; ni != nil {
+		s.mu.Unlock()
+		return ni, nil
+	}
 	if exp, ok := s.negative[h]; ok && now.Before(exp) {
 		s.mu.Unlock()
 		return nil, ingest.ErrNotFound
@@ -341,8 +346,10 @@ func (s *Server) pullNarInfo(ctx context.Context, h string) (*narinfo.NarInfo, e
 		s.m.upstream.WithLabelValues("narinfo", "hit").Inc()
 		if len(s.pending) >= maxPending {
 			clear(s.pending)
+			clear(s.pendingP)
 		}
 		s.pending[l.ni.NarHash] = l.ni
+		s.pendingP[h] = l.ni
 	case errors.Is(l.err, ingest.ErrNotFound):
 		s.m.upstream.WithLabelValues("narinfo", "miss").Inc()
 		if s.o.NegativeTTL > 0 {
@@ -607,6 +614,7 @@ func (s *Server) servePullThrough(w http.ResponseWriter, r *http.Request, ni *na
 			delete(s.spools, ni.NarHash)
 			if err == nil {
 				delete(s.pending, ni.NarHash)
+				delete(s.pendingP, ni.HashPart())
 			}
 			s.mu.Unlock()
 			sp.finish(err)
