@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -23,29 +22,20 @@ import (
 	"github.com/narstore/narstore/store"
 )
 
-// benchNAR is a real ~100 MB NAR: the Go toolchain's binaries (pkg/tool,
-// bin) and a slice of its sources, so both machine code and text.
+// benchNAR returns the shared real benchmark NAR and its xz -6 compression.
 var benchNAR = sync.OnceValues(func() ([]byte, []byte) {
-	dir, _ := os.MkdirTemp("", "benchnar")
-	defer os.RemoveAll(dir)
-	goroot := runtime.GOROOT()
-	for _, sub := range []string{"pkg/tool", "bin", "src/net", "src/crypto", "src/cmd/compile"} {
-		exec.Command("cp", "-a", filepath.Join(goroot, sub), filepath.Join(dir, filepath.Base(sub))).Run()
-	}
-	var nar bytes.Buffer
-	tb := &testing.B{}
-	nar.Write(nixtest.DumpPath(tb, dir))
+	nar := nixtest.BenchNAR()
 	cmd := exec.Command("xz", "-6", "-T1", "-c")
-	cmd.Stdin = bytes.NewReader(nar.Bytes())
+	cmd.Stdin = bytes.NewReader(nar)
 	compressed, err := cmd.Output()
 	if err != nil {
 		var b bytes.Buffer
 		w, _ := xz.NewWriter(&b)
-		w.Write(nar.Bytes())
+		w.Write(nar)
 		w.Close()
 		compressed = b.Bytes()
 	}
-	return nar.Bytes(), compressed
+	return nar, compressed
 })
 
 func benchXZ() []byte { _, x := benchNAR(); return x }

@@ -109,6 +109,7 @@ func NewReader(ctx context.Context, src ChunkSource, nar *index.NAR, off, n int6
 			case <-ctx.Done():
 				return
 			}
+			firstDone := make(chan struct{})
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
@@ -116,12 +117,22 @@ func NewReader(ctx context.Context, src ChunkSource, nar *index.NAR, off, n int6
 				if err == nil && len(data) != int(c.Size) {
 					err = fmt.Errorf("chunk %s has %d bytes, index says %d: %w", c.ID, len(data), c.Size, store.ErrCorrupt)
 				}
+				close(firstDone)
 				if err != nil {
 					f <- fetched{err: err}
 					return
 				}
 				f <- fetched{data: data[lo:hi]}
 			}()
+			if i == first {
+				// Time to first byte: let the first chunk load alone
+				// before read-ahead competes with it for CPU and I/O.
+				select {
+				case <-firstDone:
+				case <-ctx.Done():
+					return
+				}
+			}
 		}
 	}()
 	return r, nil
