@@ -153,4 +153,3 @@ func BenchmarkTTFB(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/first-byte")
 }
-
