@@ -409,3 +409,33 @@ func (s *SQLite) Stats(ctx context.Context) (Stats, error) {
 		Scan(&st.NarInfos, &st.NARs, &st.NARBytes, &st.UpstreamSize, &st.Chunks, &st.ChunkBytes, &st.StoredBytes)
 	return st, err
 }
+
+// Footprint is the index's size: rows per table and bytes on disk.
+type Footprint struct {
+	Rows  int64 `json:"rows"`
+	Bytes int64 `json:"bytes"`
+}
+
+// Footprint checkpoints the WAL and reports the rows in all tables and the
+// database size (page_count × page_size).
+func (s *SQLite) Footprint(ctx context.Context) (Footprint, error) {
+	var f Footprint
+	if _, err := s.db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return f, err
+	}
+	err := s.db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM chunks) + (SELECT count(*) FROM nars) +
+		(SELECT count(*) FROM nar_chunks) + (SELECT count(*) FROM narinfos)`).Scan(&f.Rows)
+	if err != nil {
+		return f, err
+	}
+	var pages, size int64
+	if err := s.db.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pages); err != nil {
+		return f, err
+	}
+	if err := s.db.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&size); err != nil {
+		return f, err
+	}
+	f.Bytes = pages * size
+	return f, nil
+}
+

@@ -42,6 +42,7 @@ var commands = []command{
 	{"ingest", "ingest [flags] [STORE-PATH...]", "fetch NARs from an upstream binary cache into the chunk store", setupIngest},
 	{"stats", "stats [--json]", "show stored NARs, chunks, bytes and dedup ratios", setupStats},
 	{"verify", "verify", "re-read every stored NAR from its chunks and check its NarHash", setupVerify},
+	{"bench", "bench --bumps DIR1,DIR2,... --out OUTDIR [--presets ...] [--levels ...]", "sweep chunker presets and zstd levels over channel bumps: stored bytes, objects, costs, throughput", setupBench},
 	{"serve", "serve [flags]", "serve the store as a Nix binary cache (substituter), optionally pulling through from an upstream", setupServe},
 }
 

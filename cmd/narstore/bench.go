@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/narstore/narstore/bench"
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/internal/narinfo"
+)
+
+func setupBench(fs *flag.FlagSet) runFunc {
+	bumps := fs.String("bumps", "", "comma-separated directories, one per channel bump in order, each holding .nar/.nar.xz/.nar.zst/.nar.bz2 files")
+	bumpPaths := fs.String("bump-paths", "", "comma-separated store-paths files, one per bump in order (with --upstream)")
+	upstream := fs.String("upstream", "", "binary cache the --bump-paths store paths come from")
+	var keys stringList
+	fs.Var(&keys, "trusted-public-key", "trusted upstream key NAME:BASE64 (with --upstream)")
+	out := fs.String("out", "bench-out", "directory for results.csv, results.json and the SVG charts")
+	presets := fs.String("presets", strings.Join(chunker.PresetNames(), ","), "comma-separated chunker presets to sweep")
+	levels := fs.String("levels", "1,3", "comma-separated zstd levels to sweep")
+	parallel := fs.Int("parallel", 2, "configurations run at once")
+	tmp := fs.String("tmp", "", "where throwaway stores are made (default: the system temp dir)")
+	putPrice := fs.Float64("price-put", bench.DefaultPrices.PutPer1000, "USD per 1000 PUT requests (S3 Standard list price)")
+	getPrice := fs.Float64("price-get", bench.DefaultPrices.GetPer1000, "USD per 1000 GET requests (S3 Standard list price)")
+	gbPrice := fs.Float64("price-gb-month", bench.DefaultPrices.GBMonth, "USD per GB-month stored (S3 Standard list price)")
+	return func(ctx context.Context, env *cmdEnv) error {
+		o := bench.Options{Parallel: *parallel, TempDir: *tmp, Progress: env.stderr,
+			Prices: bench.Prices{PutPer1000: *putPrice, GetPer1000: *getPrice, GBMonth: *gbPrice}}
+		switch {
+		case *bumps != "" && *bumpPaths != "":
+			return &exitError{code: 2, msg: "give either --bumps or --bump-paths, not both"}
+		case *bumps != "":
+			for _, d := range strings.Split(*bumps, ",") {
+				files, err := filepath.Glob(filepath.Join(d, "*.nar*"))
+				if err != nil || len(files) == 0 {
+					return &exitError{code: 2, msg: fmt.Sprintf("--bumps: %s holds no .nar files", d)}
+				}
+				sort.Strings(files)
+				o.Bumps = append(o.Bumps, bench.Bump{Name: filepath.Base(d), Files: files})
+			}
+		case *bumpPaths != "":
+			if *upstream == "" {
+				return &exitError{code: 2, msg: "--bump-paths needs --upstream URL and --trusted-public-key"}
+			}
+			pk, err := narinfo.ParsePublicKeys(keys)
+			if err != nil {
+				return &exitError{code: 2, msg: err.Error()}
+			}
+			o.Upstream, o.Keys = *upstream, pk
+			for _, f := range strings.Split(*bumpPaths, ",") {
+				paths, err := readPathsFile(f)
+				if err != nil {
+					return &exitError{code: 2, msg: err.Error()}
+				}
+				o.Bumps = append(o.Bumps, bench.Bump{Name: strings.TrimSuffix(filepath.Base(f), ".store-paths"), StorePaths: paths})
+			}
+		default:
+			return &exitError{code: 2, msg: "bench needs --bumps DIR1,DIR2,... or --bump-paths F1,F2,... --upstream URL"}
+		}
+		for _, p := range strings.Split(*presets, ",") {
+			preset, err := chunker.LookupPreset(strings.TrimSpace(p))
+			if err != nil {
+				return &exitError{code: 2, msg: err.Error()}
+			}
+			for _, l := range strings.Split(*levels, ",") {
+				lvl, err := strconv.Atoi(strings.TrimSpace(l))
+				if err != nil || lvl < 1 || lvl > 22 {
+					return &exitError{code: 2, msg: fmt.Sprintf("--levels: %q is not a zstd level 1-22", l)}
+				}
+				o.Configs = append(o.Configs, bench.Config{Preset: preset, Level: lvl})
+			}
+		}
+		start := time.Now()
+		rows, err := bench.Run(ctx, o)
+		if err != nil {
+			return err
+		}
+		bench.WriteTable(env.stdout, rows)
+		if err := bench.WriteFiles(*out, rows); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "\n%d configurations × %d bumps in %s; wrote %s/results.csv, results.json, ratio_by_bump.svg, throughput_by_chunk_size.svg, objects_by_chunk_size.svg\n",
+			len(o.Configs), len(o.Bumps), time.Since(start).Round(time.Second), *out)
+		return nil
+	}
+}
+
