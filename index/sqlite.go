@@ -438,4 +438,3 @@ func (s *SQLite) Footprint(ctx context.Context) (Footprint, error) {
 	f.Bytes = pages * size
 	return f, nil
 }
-

@@ -90,4 +90,3 @@ func setupBench(fs *flag.FlagSet) runFunc {
 		return nil
 	}
 }
-
