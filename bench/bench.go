@@ -24,12 +24,23 @@ import (
 
 // Config is one point of the sweep.
 type Config struct {
-	Preset chunker.Preset
-	Level  int // zstd level
+	Preset    chunker.Preset
+	Level     int  // zstd level
+	Delta     bool // delta-encode new chunks against the package's previous NAR
+	Normalize bool // store-reference normalization (needs narinfos: store-path bumps)
 }
 
 // Name identifies the configuration in reports.
-func (c Config) Name() string { return fmt.Sprintf("%s/zstd%d", c.Preset.Name, c.Level) }
+func (c Config) Name() string {
+	n := fmt.Sprintf("%s/zstd%d", c.Preset.Name, c.Level)
+	if c.Normalize {
+		n += "+norm"
+	}
+	if c.Delta {
+		n += "+delta"
+	}
+	return n
+}
 
 // Bump is one channel bump: either NAR files (.nar, .nar.xz, .nar.zst,
 // .nar.bz2, named <storepath-basename>.nar[.ext]) or store paths to fetch
@@ -70,6 +81,8 @@ type Row struct {
 	Preset         string  `json:"preset"`
 	AvgChunk       int     `json:"avg_chunk"`
 	Level          int     `json:"zstd_level"`
+	Delta          bool    `json:"delta"`
+	Normalize      bool    `json:"normalize"`
 	Bump           int     `json:"bump"`
 	BumpName       string  `json:"bump_name"`
 	NARs           int64   `json:"nars"`
@@ -98,6 +111,13 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	}
 	if o.Prices == (Prices{}) {
 		o.Prices = DefaultPrices
+	}
+	for _, c := range o.Configs {
+		for _, b := range o.Bumps {
+			if c.Normalize && len(b.Files) > 0 {
+				return nil, fmt.Errorf("%s: store-reference normalization needs each NAR's References: give bumps as store-paths files with an upstream, not NAR files", c.Name())
+			}
+		}
 	}
 	var (
 		mu   sync.Mutex
@@ -178,7 +198,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, error) {
 			return nil, err
 		}
 	}
-	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1})
+	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, Normalize: c.Normalize})
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +227,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, error) {
 				return nil, err
 			}
 			// The same path as an upload: upstream bytes are the file's bytes.
-			nar, err := in.IngestUpload(ctx, fh, comp, 1<<40)
+			nar, err := in.IngestUpload(ctx, fh, comp, 1<<40, base)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", f, err)
 			}
@@ -266,7 +286,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, error) {
 		readDur := time.Since(start)
 		bumpNAR := float64(st.NARBytes - before.NARBytes)
 		row := Row{
-			Config: c.Name(), Preset: c.Preset.Name, AvgChunk: c.Preset.Avg, Level: c.Level, Bump: i + 1, BumpName: b.Name,
+			Config: c.Name(), Preset: c.Preset.Name, AvgChunk: c.Preset.Avg, Level: c.Level, Delta: c.Delta, Normalize: c.Normalize, Bump: i + 1, BumpName: b.Name,
 			NARs: st.NARs, UpstreamBytes: st.UpstreamSize, NARBytes: st.NARBytes, Chunks: st.Chunks, StoredBytes: st.StoredBytes,
 			StoredUpstream: ratio(st.StoredBytes, st.UpstreamSize), StoredNAR: ratio(st.StoredBytes, st.NARBytes),
 			IndexRows: fp.Rows, IndexBytes: fp.Bytes, Objects: st.Chunks, PutRequests: puts, GetRequests: gets,

@@ -31,7 +31,11 @@ type NAR struct {
 	Hash      [32]byte // SHA-256 of the NAR bytes (the narinfo's NarHash)
 	Size      uint64
 	Preset    string // chunker preset name it was cut with
-	Transform string // pre-chunking transform ("" = none); recorded so old NARs keep working
+	Transform string // pre-chunking transform ("" = none, refnorm.Transform); recorded so old NARs keep working
+	RefMap    []byte // the transform's data (refnorm.Map, marshalled); nil if none
+	// PName is the package name (store path name without version) the NAR was
+	// ingested under, for finding a later version's delta bases. May be "".
+	PName string
 	// UpstreamSize is how many bytes the upstream served for it (compressed),
 	// and UpstreamCompression how they were compressed. For stats only.
 	UpstreamSize        uint64
@@ -53,6 +57,7 @@ type Chunk struct {
 	StoredSize uint32     // blob bytes
 	Encoding   uint8      // store.Encoding
 	Base       chunker.ID // delta base; zero if none
+	Depth      uint8      // delta steps to a plain chunk: 0 plain, Base's depth+1 otherwise
 }
 
 // Stats summarises the index.
@@ -89,6 +94,11 @@ type Index interface {
 	// AddNarInfo records a narinfo for a NAR that is already recorded
 	// (ErrNotFound otherwise), replacing any narinfo for the same path.
 	AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error
+	// Predecessor returns the newest NAR recorded under pname (with its chunk
+	// list), or ErrNotFound.
+	Predecessor(ctx context.Context, pname string) (*NAR, error)
+	// Chunks returns the records of the given chunks; a missing one has a zero ID.
+	Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error)
 	// WalkNARs calls fn for every NAR (without its chunk list), in no order.
 	WalkNARs(ctx context.Context, fn func(nar *NAR) error) error
 	// StorePaths lists the store paths whose narinfo points at the NAR.

@@ -144,7 +144,7 @@ func scanNAR(row scanner) (*NAR, error) {
 	var n NAR
 	var hash []byte
 	var count int
-	if err := row.Scan(&hash, &n.Size, &n.Preset, &n.Transform, &count, &n.UpstreamSize, &n.UpstreamCompression); err != nil {
+	if err := row.Scan(&hash, &n.Size, &n.Preset, &n.Transform, &count, &n.UpstreamSize, &n.UpstreamCompression, &n.RefMap); err != nil {
 		return nil, err
 	}
 	copy(n.Hash[:], hash)
@@ -152,7 +152,7 @@ func scanNAR(row scanner) (*NAR, error) {
 	return &n, nil
 }
 
-const narCols = `nar_hash, nar_size, preset, transform, chunk_count, upstream_size, upstream_compression`
+const narCols = `nar_hash, nar_size, preset, transform, chunk_count, upstream_size, upstream_compression, refmap`
 
 // NAR implements Index.
 func (s *SQLite) NAR(ctx context.Context, narHash [32]byte) (*NAR, error) {
@@ -234,14 +234,19 @@ func (s *SQLite) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, newC
 	if err := insertChunks(ctx, tx, newChunks, now); err != nil {
 		return fmt.Errorf("commit %s: %w", what, err)
 	}
-	res, err := tx.ExecContext(ctx, `INSERT INTO nars (`+narCols+`, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (nar_hash) DO NOTHING`,
-		nar.Hash[:], nar.Size, nar.Preset, nar.Transform, len(nar.Chunks), nar.UpstreamSize, nar.UpstreamCompression, now)
+	res, err := tx.ExecContext(ctx, `INSERT INTO nars (`+narCols+`, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (nar_hash) DO NOTHING`,
+		nar.Hash[:], nar.Size, nar.Preset, nar.Transform, len(nar.Chunks), nar.UpstreamSize, nar.UpstreamCompression, nar.RefMap, now)
 	if err != nil {
 		return fmt.Errorf("commit %s: insert nar: %w", what, err)
 	}
 	if n, _ := res.RowsAffected(); n == 1 {
 		if err := insertNARChunks(ctx, tx, nar); err != nil {
 			return fmt.Errorf("commit %s: %w", what, err)
+		}
+		if nar.PName != "" {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO nar_names (pname, nar_hash) VALUES (?, ?)`, nar.PName, nar.Hash[:]); err != nil {
+				return fmt.Errorf("commit %s: %w", what, err)
+			}
 		}
 	}
 	if ni != nil {
@@ -259,7 +264,7 @@ func insertChunks(ctx context.Context, tx *sql.Tx, chunks []Chunk, now int64) er
 	if len(chunks) == 0 {
 		return nil
 	}
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`)
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, depth, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`)
 	if err != nil {
 		return err
 	}
@@ -269,7 +274,7 @@ func insertChunks(ctx context.Context, tx *sql.Tx, chunks []Chunk, now int64) er
 		if !c.Base.IsZero() {
 			base = c.Base[:]
 		}
-		if _, err := stmt.ExecContext(ctx, c.ID[:], c.Size, c.StoredSize, c.Encoding, base, now); err != nil {
+		if _, err := stmt.ExecContext(ctx, c.ID[:], c.Size, c.StoredSize, c.Encoding, base, c.Depth, now); err != nil {
 			return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 		}
 	}
@@ -326,6 +331,51 @@ func upsertNarInfo(ctx context.Context, tx *sql.Tx, ni *narinfo.NarInfo, now int
 		return fmt.Errorf("record narinfo: %w", err)
 	}
 	return nil
+}
+
+// Predecessor implements Index.
+func (s *SQLite) Predecessor(ctx context.Context, pname string) (*NAR, error) {
+	var hash []byte
+	err := s.db.QueryRowContext(ctx, `SELECT nar_hash FROM nar_names WHERE pname = ? ORDER BY seq DESC LIMIT 1`, pname).Scan(&hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("predecessor of %s: %w", pname, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var h [32]byte
+	copy(h[:], hash)
+	return s.NAR(ctx, h)
+}
+
+// Chunks implements Index.
+func (s *SQLite) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) {
+	out := make([]Chunk, len(ids))
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	stmt, err := conn.PrepareContext(ctx, `SELECT size, stored_size, encoding, base_id, depth FROM chunks WHERE id = ?`)
+	if err != nil {
+		return nil, err
+	}
+	defer stmt.Close()
+	for i, id := range ids {
+		var c Chunk
+		var base []byte
+		err := stmt.QueryRowContext(ctx, id[:]).Scan(&c.Size, &c.StoredSize, &c.Encoding, &base, &c.Depth)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.ID = id
+		copy(c.Base[:], base)
+		out[i] = c
+	}
+	return out, nil
 }
 
 // AddNarInfo implements Index.

@@ -23,6 +23,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/refnorm"
 	"github.com/narstore/narstore/store"
 )
 
@@ -42,6 +43,8 @@ type Index interface {
 	HasChunks(ctx context.Context, ids []chunker.ID) ([]bool, error)
 	Commit(ctx context.Context, ni *narinfo.NarInfo, nar *index.NAR, newChunks []index.Chunk) error
 	AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error
+	Predecessor(ctx context.Context, pname string) (*index.NAR, error)
+	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
 }
 
 // Options configure an Ingester.
@@ -55,6 +58,16 @@ type Options struct {
 	ChunkWorkers   int // encode/store workers per NAR; 0 means GOMAXPROCS
 	XZ             XZDecoder
 	Logger         *slog.Logger // nil: silent
+	// Normalize replaces reference hashes with a placeholder before chunking
+	// (refnorm), so rebuilds that differ only in store hashes dedup.
+	Normalize bool
+	// Delta stores a new chunk as a zstd delta against a similar chunk of the
+	// package's previous NAR when that is DeltaMargin smaller than plain zstd.
+	Delta       bool
+	DeltaMargin float64 // 0 means 0.2
+	// MaxDeltaDepth bounds delta chains; 0 means store.DefaultMaxDeltaDepth.
+	// It must not exceed the depth readers accept.
+	MaxDeltaDepth int
 }
 
 // Progress counts work as it happens; read it from any goroutine.
@@ -101,6 +114,12 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	}
 	if o.XZ == "" {
 		o.XZ = XZAuto
+	}
+	if o.DeltaMargin <= 0 {
+		o.DeltaMargin = 0.2
+	}
+	if o.MaxDeltaDepth <= 0 {
+		o.MaxDeltaDepth = store.DefaultMaxDeltaDepth
 	}
 	log := o.Logger
 	if log == nil {
@@ -254,7 +273,12 @@ func (in *Ingester) IngestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.
 func (in *Ingester) ingestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.ReadCloser, compression string, tee io.Writer) (*Result, error) {
 	start := time.Now()
 	res := &Result{StorePath: ni.StorePath, References: ni.References, NarSize: ni.NarSize}
-	nar, newChunks, err := in.ingestStream(ctx, ni.StorePath, &ni.NarHash, ni.NarSize, body, compression, tee, res)
+	refs := []string{ni.HashPart()}
+	for _, r := range ni.References {
+		refs = append(refs, narinfo.HashPart(r))
+	}
+	nar, newChunks, err := in.ingestStream(ctx, streamReq{what: ni.StorePath, wantHash: &ni.NarHash, size: ni.NarSize,
+		body: body, compression: compression, tee: tee, refs: refs, pname: narinfo.PName(ni.StorePath)}, res)
 	if err != nil {
 		in.Progress.NARsFailed.Add(1)
 		in.log.Warn("ingest failed", "store_path", ni.StorePath, "err", err)
@@ -281,10 +305,23 @@ type chunkJob struct {
 	size int
 }
 
+// streamReq describes one NAR stream to ingest.
+type streamReq struct {
+	what        string    // for messages: the store path, or "upload"
+	wantHash    *[32]byte // nil for uploads: hash and size are computed
+	size        uint64    // NarSize, or the upload limit
+	body        io.ReadCloser
+	compression string
+	tee         io.Writer // receives the NAR bytes as read; may be nil
+	refs        []string  // hash parts to normalize (with Options.Normalize)
+	pname       string    // package name, for delta bases and lineage; may be ""
+}
+
 // ingestStream reads, verifies, chunks and stores one NAR. With wantHash nil
-// (uploads) the NAR's hash and size are computed, up to maxSize bytes; else
+// (uploads) the NAR's hash and size are computed, up to size bytes; else
 // they must equal *wantHash and size.
-func (in *Ingester) ingestStream(ctx context.Context, what string, wantHash *[32]byte, size uint64, body io.ReadCloser, compression string, tee io.Writer, res *Result) (*index.NAR, []index.Chunk, error) {
+func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result) (*index.NAR, []index.Chunk, error) {
+	what, wantHash, size, body, compression, tee := req.what, req.wantHash, req.size, req.body, req.compression, req.tee
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	fail := func(format string, a ...any) (*index.NAR, []index.Chunk, error) {
@@ -320,12 +357,23 @@ func (in *Ingester) ingestStream(ctx context.Context, what string, wantHash *[32
 	if tee != nil {
 		chunkSrc = io.TeeReader(hr, tee)
 	}
+	var norm *refnorm.Normalizer
+	if in.opts.Normalize && len(req.refs) > 0 {
+		norm = refnorm.NewNormalizer(chunkSrc, req.refs)
+		chunkSrc = norm
+	}
 	ch, err := chunker.New(chunkSrc, in.opts.Preset)
 	if err != nil {
 		return fail("%w", err)
 	}
 
-	nar := &index.NAR{Preset: in.opts.Preset.Name, UpstreamCompression: compression}
+	nar := &index.NAR{Preset: in.opts.Preset.Name, UpstreamCompression: compression, PName: req.pname}
+	var di *deltaIndex
+	if in.opts.Delta && req.pname != "" {
+		if pred, err := in.ix.Predecessor(ctx, req.pname); err == nil && (wantHash == nil || pred.Hash != *wantHash) {
+			di = in.newDeltaIndex(ctx, pred)
+		}
+	}
 	var (
 		mu        sync.Mutex
 		newChunks []index.Chunk
@@ -338,7 +386,7 @@ func (in *Ingester) ingestStream(ctx context.Context, what string, wantHash *[32
 			defer wg.Done()
 			for j := range jobs {
 				if ctx.Err() == nil {
-					if c, err := in.storeChunk(ctx, j); err != nil {
+					if c, err := in.storeChunk(ctx, di, j); err != nil {
 						cancel(err)
 					} else if c != nil {
 						mu.Lock()
@@ -414,6 +462,11 @@ func (in *Ingester) ingestStream(ctx context.Context, what string, wantHash *[32
 		}
 		nar.Hash, nar.Size = *wantHash, size
 	}
+	if norm != nil {
+		if m := norm.Map(); len(m.Offsets) > 0 {
+			nar.Transform, nar.RefMap = refnorm.Transform, m.Marshal()
+		}
+	}
 	nar.UpstreamSize = uint64(counted.count)
 	res.UpstreamSize = nar.UpstreamSize
 	res.Chunks = len(nar.Chunks)
@@ -433,7 +486,7 @@ func sizeDesc(got, want uint64) string {
 
 // storeChunk stores a chunk unless the index already records it. It returns
 // the record for a chunk it stored, nil for a known one.
-func (in *Ingester) storeChunk(ctx context.Context, j chunkJob) (*index.Chunk, error) {
+func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) (*index.Chunk, error) {
 	known, err := in.ix.HasChunks(ctx, []chunker.ID{j.id})
 	if err != nil {
 		return nil, err
@@ -442,13 +495,16 @@ func (in *Ingester) storeChunk(ctx context.Context, j chunkJob) (*index.Chunk, e
 		return nil, nil
 	}
 	data := (*j.buf)[:j.size]
-	w, err := in.chunks.Put(ctx, j.id, data)
+	blob, w, depth, err := in.encodeChunk(ctx, di, data)
 	if err != nil {
+		return nil, err
+	}
+	if err := in.chunks.Store().Put(ctx, j.id, blob); err != nil {
 		return nil, err
 	}
 	in.Progress.NewChunks.Add(1)
 	in.Progress.NewStoredBytes.Add(int64(w.StoredSize))
-	return &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Base: w.Base}, nil
+	return &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Base: w.Base, Depth: depth}, nil
 }
 
 type countingReader struct {
@@ -554,9 +610,11 @@ func (in *Ingester) syncChunks(ctx context.Context, newChunks []index.Chunk) err
 // (nix copy sends the NAR before its narinfo). It records the NAR without a
 // narinfo and returns it; AddNarInfo attaches the narinfo later. At most
 // maxSize NAR bytes are accepted.
-func (in *Ingester) IngestUpload(ctx context.Context, body io.ReadCloser, compression string, maxSize uint64) (*index.NAR, error) {
+// name, the store path or basename the NAR belongs to, may be "" when unknown.
+func (in *Ingester) IngestUpload(ctx context.Context, body io.ReadCloser, compression string, maxSize uint64, name string) (*index.NAR, error) {
 	res := &Result{}
-	nar, newChunks, err := in.ingestStream(ctx, "upload", nil, maxSize, body, compression, nil, res)
+	nar, newChunks, err := in.ingestStream(ctx, streamReq{what: "upload", size: maxSize, body: body, compression: compression,
+		pname: narinfo.PName(name)}, res)
 	if err != nil {
 		in.Progress.NARsFailed.Add(1)
 		return nil, err

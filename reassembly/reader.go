@@ -15,6 +15,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/refnorm"
 	"github.com/narstore/narstore/store"
 )
 
@@ -74,6 +75,18 @@ func NewReader(ctx context.Context, src ChunkSource, nar *index.NAR, off, n int6
 	if o.ReadAhead <= 0 {
 		o.ReadAhead = DefaultReadAhead
 	}
+	var refs *refnorm.Map
+	switch nar.Transform {
+	case "":
+	case refnorm.Transform:
+		m, err := refnorm.Unmarshal(nar.RefMap)
+		if err != nil {
+			return nil, fmt.Errorf("NAR %s: %w", narinfo.FormatHash(nar.Hash), err)
+		}
+		refs = m
+	default:
+		return nil, fmt.Errorf("NAR %s was stored with transform %q, which this narstore does not know: upgrade narstore", narinfo.FormatHash(nar.Hash), nar.Transform)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	r := &Reader{ctx: ctx, cancel: cancel, queue: make(chan chan fetched, o.ReadAhead-1), narHash: narinfo.FormatHash(nar.Hash)}
 	if off == 0 && n == size {
@@ -122,7 +135,12 @@ func NewReader(ctx context.Context, src ChunkSource, nar *index.NAR, off, n int6
 					f <- fetched{err: err}
 					return
 				}
-				f <- fetched{data: data[lo:hi]}
+				piece := data[lo:hi]
+				if at := c.Offset + uint64(lo); refs != nil && refs.Touches(at, uint64(len(piece))) {
+					piece = append([]byte(nil), piece...) // data may be shared with the cache
+					refs.Restore(piece, at)
+				}
+				f <- fetched{data: piece}
 			}()
 			if i == first {
 				// Time to first byte: let the first chunk load alone

@@ -39,7 +39,7 @@ type Ingester interface {
 	HasUpstream() bool
 	UpstreamNarInfo(ctx context.Context, hashPart string) (*narinfo.NarInfo, error)
 	IngestFromUpstream(ctx context.Context, ni *narinfo.NarInfo, tee io.Writer) (*ingest.Result, error)
-	IngestUpload(ctx context.Context, body io.ReadCloser, compression string, maxSize uint64) (*index.NAR, error)
+	IngestUpload(ctx context.Context, body io.ReadCloser, compression string, maxSize uint64, name string) (*index.NAR, error)
 }
 
 // Options configure a Server.
@@ -702,7 +702,7 @@ func (s *Server) servePut(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "unsupported NAR compression: upload with compression=none, xz, zstd or bzip2", http.StatusUnsupportedMediaType)
 			return
 		}
-		nar, err := s.in.IngestUpload(r.Context(), r.Body, comp, s.o.MaxUploadSize)
+		nar, err := s.in.IngestUpload(r.Context(), r.Body, comp, s.o.MaxUploadSize, "")
 		if err != nil {
 			s.m.ingestErrs.Inc()
 			s.log.Warn("upload rejected", "path", p, "err", err)

@@ -44,9 +44,9 @@ const blobVersion = 1
 // MaxChunkSize bounds what a blob may decode to; it is the largest preset max.
 const MaxChunkSize = 8 << 20
 
-// DefaultMaxDeltaDepth bounds delta chains: a base is itself plain or at most
-// this many delta steps from a plain chunk.
-const DefaultMaxDeltaDepth = 1
+// DefaultMaxDeltaDepth bounds delta chains: reading a chunk decodes at most
+// this many deltas on top of a plain chunk. Writers never exceed it.
+const DefaultMaxDeltaDepth = 3
 
 // Chunks stores and loads chunks on a Store, encoding them on the way in and
 // decoding and BLAKE3-verifying them on the way out. Safe for concurrent use.

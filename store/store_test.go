@@ -147,7 +147,7 @@ func TestChunksDelta(t *testing.T) {
 	})
 	t.Run("ChainDeeperThanLimit", func(t *testing.T) {
 		d2 := newDir(t)
-		c2, _ := store.NewChunks(d2, store.ChunksOptions{})
+		c2, _ := store.NewChunks(d2, store.ChunksOptions{MaxDeltaDepth: 1})
 		c2.Put(ctx, baseID, base)
 		b1, _, _ := c2.EncodeDelta(next, baseID, base)
 		d2.Put(ctx, nextID, b1)

@@ -24,6 +24,8 @@ func setupBench(fs *flag.FlagSet) runFunc {
 	out := fs.String("out", "bench-out", "directory for results.csv, results.json and the SVG charts")
 	presets := fs.String("presets", strings.Join(chunker.PresetNames(), ","), "comma-separated chunker presets to sweep")
 	levels := fs.String("levels", "1,3", "comma-separated zstd levels to sweep")
+	delta := fs.String("delta", "off", "delta encoding values to sweep: off, on or off,on")
+	normalize := fs.String("normalize", "off", "store-reference normalization values to sweep: off, on or off,on (needs --bump-paths)")
 	parallel := fs.Int("parallel", 2, "configurations run at once")
 	tmp := fs.String("tmp", "", "where throwaway stores are made (default: the system temp dir)")
 	putPrice := fs.Float64("price-put", bench.DefaultPrices.PutPer1000, "USD per 1000 PUT requests (S3 Standard list price)")
@@ -63,6 +65,14 @@ func setupBench(fs *flag.FlagSet) runFunc {
 		default:
 			return &exitError{code: 2, msg: "bench needs --bumps DIR1,DIR2,... or --bump-paths F1,F2,... --upstream URL"}
 		}
+		deltas, err := onOff("--delta", *delta)
+		if err != nil {
+			return err
+		}
+		norms, err := onOff("--normalize", *normalize)
+		if err != nil {
+			return err
+		}
 		for _, p := range strings.Split(*presets, ",") {
 			preset, err := chunker.LookupPreset(strings.TrimSpace(p))
 			if err != nil {
@@ -73,7 +83,11 @@ func setupBench(fs *flag.FlagSet) runFunc {
 				if err != nil || lvl < 1 || lvl > 22 {
 					return &exitError{code: 2, msg: fmt.Sprintf("--levels: %q is not a zstd level 1-22", l)}
 				}
-				o.Configs = append(o.Configs, bench.Config{Preset: preset, Level: lvl})
+				for _, n := range norms {
+					for _, d := range deltas {
+						o.Configs = append(o.Configs, bench.Config{Preset: preset, Level: lvl, Delta: d, Normalize: n})
+					}
+				}
 			}
 		}
 		start := time.Now()
@@ -89,4 +103,19 @@ func setupBench(fs *flag.FlagSet) runFunc {
 			len(o.Configs), len(o.Bumps), time.Since(start).Round(time.Second), *out)
 		return nil
 	}
+}
+
+func onOff(flagName, v string) ([]bool, error) {
+	var out []bool
+	for _, x := range strings.Split(v, ",") {
+		switch strings.TrimSpace(x) {
+		case "off":
+			out = append(out, false)
+		case "on":
+			out = append(out, true)
+		default:
+			return nil, &exitError{code: 2, msg: fmt.Sprintf("%s: %q: want off, on or off,on", flagName, x)}
+		}
+	}
+	return out, nil
 }

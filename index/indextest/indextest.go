@@ -186,9 +186,44 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 	t.Run("DeltaBaseRecorded", func(t *testing.T) {
 		ix := newIdx(t)
 		ni, nar, chunks := Fixture("delta", 2, 100)
-		chunks[1].Encoding, chunks[1].Base = 2, chunks[0].ID
+		chunks[1].Encoding, chunks[1].Base, chunks[1].Depth = 2, chunks[0].ID, 1
 		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
 			t.Fatal(err)
+		}
+		got, err := ix.Chunks(ctx, []chunker.ID{chunks[1].ID, {7}, chunks[0].ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[0] != chunks[1] || !got[1].ID.IsZero() || got[2] != chunks[0] {
+			t.Errorf("Chunks = %+v", got)
+		}
+	})
+
+	t.Run("RefMapAndPredecessor", func(t *testing.T) {
+		ix := newIdx(t)
+		if _, err := ix.Predecessor(ctx, "hello"); !errors.Is(err, index.ErrNotFound) {
+			t.Fatalf("Predecessor with none: %v", err)
+		}
+		ni1, nar1, c1 := Fixture("hello-1", 2, 100)
+		nar1.PName, nar1.Transform, nar1.RefMap = "hello", "refnorm-v1", []byte{1, 2, 3}
+		ni2, nar2, c2 := Fixture("hello-2", 2, 100)
+		nar2.PName = "hello"
+		for _, x := range []struct {
+			ni  *narinfo.NarInfo
+			nar *index.NAR
+			c   []index.Chunk
+		}{{ni1, nar1, c1}, {ni2, nar2, c2}} {
+			if err := ix.Commit(ctx, x.ni, x.nar, x.c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := ix.NAR(ctx, nar1.Hash)
+		if err != nil || got.Transform != "refnorm-v1" || string(got.RefMap) != string([]byte{1, 2, 3}) {
+			t.Fatalf("NAR transform round trip: %+v %v", got, err)
+		}
+		pred, err := ix.Predecessor(ctx, "hello")
+		if err != nil || pred.Hash != nar2.Hash || len(pred.Chunks) != 2 {
+			t.Fatalf("Predecessor = %+v, %v; want the newest", pred, err)
 		}
 	})
 

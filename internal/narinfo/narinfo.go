@@ -381,3 +381,20 @@ func (h *HashingReader) Sum() (d [32]byte) { copy(d[:], h.h.Sum(nil)); return d 
 
 // Count returns the number of bytes read so far.
 func (h *HashingReader) Count() uint64 { return h.n }
+
+// PName returns the package name of a store path or basename: the name
+// without its hash and without the version, which starts at the first "-"
+// followed by a digit (as Nix's parseDrvName splits). "" if there is none.
+func PName(p string) string {
+	base := strings.TrimPrefix(p, StoreDir+"/")
+	if len(base) <= HashPartLen+1 || base[HashPartLen] != '-' {
+		return ""
+	}
+	name := base[HashPartLen+1:]
+	for i := 0; i+1 < len(name); i++ {
+		if name[i] == '-' && name[i+1] >= '0' && name[i+1] <= '9' {
+			return name[:i]
+		}
+	}
+	return name
+}

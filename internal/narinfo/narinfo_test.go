@@ -122,3 +122,17 @@ func TestParseRejects(t *testing.T) {
 		})
 	}
 }
+
+func TestPName(t *testing.T) {
+	for in, want := range map[string]string{
+		"/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432": "net-tools",
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-typescript-5.4.5":                          "typescript",
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-nodejs-system":                             "nodejs-system",
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-esbuild-linux-x64-0.27.3":                  "esbuild-linux-x64",
+		"short": "",
+	} {
+		if got := narinfo.PName(in); got != want {
+			t.Errorf("PName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
