@@ -28,6 +28,8 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 	jobs := fs.Int("jobs", 4, "NARs ingested in parallel")
 	workers := fs.Int("chunk-workers", 0, "chunk compress/store workers per NAR (0: one per CPU)")
 	xzImpl := fs.String("xz-decoder", "auto", "xz decoder: auto (liblzma's xz program if installed, else pure Go), exec or go")
+	normalize := fs.Bool("normalize", true, "replace reference hashes with a placeholder before chunking, so rebuilds dedup (recorded per NAR)")
+	delta := fs.Bool("delta", true, "store new chunks as zstd deltas against similar chunks of the package's previous version when that saves 20% or more")
 	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
 	return func(ctx context.Context, env *cmdEnv) error {
 		if *upstream == "" {
@@ -71,7 +73,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 		defer ix.Close()
 		in, err := ingest.New(up, ix, chunks, ingest.Options{
 			Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Jobs: *jobs, ChunkWorkers: *workers,
-			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log,
+			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta,
 		})
 		if err != nil {
 			return err

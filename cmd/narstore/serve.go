@@ -30,6 +30,8 @@ func setupServe(fs *flag.FlagSet) runFunc {
 	allowUntrusted := fs.Bool("allow-untrusted", false, "pull-through: accept upstream narinfos that no trusted key signed")
 	negTTL := fs.Duration("negative-ttl", time.Minute, "pull-through: how long an upstream miss is remembered")
 	preset := presetFlag(fs)
+	normalize := fs.Bool("normalize", true, "pull-through and uploads: normalize reference hashes before chunking (recorded per NAR)")
+	delta := fs.Bool("delta", false, "pull-through: delta-encode new chunks against the package's previous version (more CPU on the request path)")
 	readAhead := fs.Int("read-ahead", reassembly.DefaultReadAhead, "chunks fetched ahead of each NAR response")
 	cacheMB := fs.Int("chunk-cache-mb", 256, "in-memory cache of hot chunks, in MB (0 disables)")
 	tzstd := fs.Bool("transport-zstd", true, "send NARs with Content-Encoding: zstd to clients whose Accept-Encoding asks for it")
@@ -81,7 +83,8 @@ func setupServe(fs *flag.FlagSet) runFunc {
 			return err
 		}
 		defer ix.Close()
-		in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Logger: env.log})
+		in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Logger: env.log,
+			Normalize: *normalize, Delta: *delta})
 		if err != nil {
 			return err
 		}

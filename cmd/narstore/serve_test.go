@@ -18,8 +18,12 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/internal/nixtest"
+	"github.com/narstore/narstore/refnorm"
+	"github.com/narstore/narstore/store"
 )
 
 // startServe runs narstore serve in-process and returns its base URL.
@@ -287,4 +291,66 @@ func TestNixRefusesDamagedNAR(t *testing.T) {
 	if nix.Command("nix-store", "--store", client, "--verify-path", ni.StorePath).Run() == nil {
 		t.Fatal("damaged path is valid in the client store")
 	}
+}
+
+// Two releases of a package that embeds store paths of its dependency and of
+// itself, ingested with normalization and delta (the ingest defaults), are
+// substituted byte-exact by the real Nix client.
+func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
+	nix := nixtest.NewNix(t)
+	cache := nixtest.NewCache(t, "upstream-1")
+	dep := cache.Add(t, nixtest.Path{Name: "dep-1.0", NAR: nixtest.DumpPath(t, nixtest.GoRoot(t, "src/sort"))})
+	var paths []string
+	for v := 1; v <= 2; v++ {
+		self := nixtest.RandomHashPart()
+		dir := t.TempDir()
+		src, _ := os.ReadFile(filepath.Join(nixtest.GoRoot(t, "src/net/http"), "server.go"))
+		if v == 2 {
+			src = append([]byte("// release 2\n"), src...)
+		}
+		os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
+		os.WriteFile(filepath.Join(dir, "server.go"), src, 0o644)
+		script := strings.Repeat(fmt.Sprintf("#!%s/bin/sh\nexec /nix/store/%s-pkg-%d.0/bin/x\n", dep.StorePath, self, v), 200)
+		os.WriteFile(filepath.Join(dir, "bin", "run"), []byte(script), 0o755)
+		name := fmt.Sprintf("pkg-%d.0", v)
+		ni := cache.Add(t, nixtest.Path{Name: name, HashPart: self, NAR: nixtest.DumpPath(t, dir), References: []string{baseName(dep), self + "-" + name}})
+		paths = append(paths, ni.StorePath)
+	}
+	data := t.TempDir()
+	for _, p := range paths {
+		if _, errs, code := narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(), "--closure", "--preset", "fastcdc-16k-64k-256k", p); code != 0 {
+			t.Fatal(errs)
+		}
+	}
+	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
+		t.Fatalf("verify: %s %s", out, errs)
+	}
+	ix, err := index.OpenSQLite(filepath.Join(data, "index.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deltas, normalized := 0, 0
+	for _, p := range paths {
+		ni, _ := ix.NarInfo(t.Context(), narinfo.HashPart(p))
+		nar, _ := ix.NAR(t.Context(), ni.NarHash)
+		if nar.Transform == refnorm.Transform {
+			normalized++
+		}
+		for _, c := range nar.Chunks {
+			recs, _ := ix.Chunks(t.Context(), []chunker.ID{c.ID})
+			if recs[0].Encoding == uint8(store.EncZstdDelta) {
+				deltas++
+			}
+		}
+	}
+	ix.Close()
+	if normalized != 2 || deltas == 0 {
+		t.Fatalf("fixture does not exercise the features: %d normalized NARs, %d delta chunks", normalized, deltas)
+	}
+	url := startServe(t, "--data", data)
+	client := filepath.Join(t.TempDir(), "client")
+	if out, err := substitute(nix, client, url, cache.PublicKey.String(), paths...); err != nil {
+		t.Fatalf("nix-store -r: %v\n%s", err, out)
+	}
+	verifyPaths(t, nix, client, append(paths, dep.StorePath)...)
 }

@@ -1,0 +1,191 @@
+package ingest_test
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/ingest"
+	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/internal/nixtest"
+	"github.com/narstore/narstore/reassembly"
+	"github.com/narstore/narstore/refnorm"
+	"github.com/narstore/narstore/store"
+)
+
+// versionTree lays out a package version: real Go sources (edited in v2),
+// plus files that embed store paths of its references and of itself, a hash
+// that is not a listed reference, and placeholder-looking bytes.
+func versionTree(t *testing.T, v int, self, dep, unlisted string) string {
+	t.Helper()
+	dir := t.TempDir()
+	copyTree(t, nixtest.GoRoot(t, "src/net/http"), filepath.Join(dir, "share"))
+	if v == 2 { // a new release: some files edited, one added
+		for _, f := range []string{"server.go", "transport.go", "request.go"} {
+			p := filepath.Join(dir, "share", f)
+			b, _ := os.ReadFile(p)
+			b = append([]byte("// release 2\n"), b...)
+			b = append(b[:len(b)/2], append([]byte("\n// changed in release 2\n"), b[len(b)/2:]...)...)
+			os.WriteFile(p, b, 0o644)
+		}
+		os.WriteFile(filepath.Join(dir, "share", "NEWS"), []byte("release 2\n"), 0o644)
+	}
+	var refs strings.Builder
+	for i := range 300 {
+		fmt.Fprintf(&refs, "#!/nix/store/%s-bash/bin/sh\nexec /nix/store/%s-pkg/bin/run %d\nrpath=/nix/store/%s-glibc/lib\n", dep, self, i, dep)
+		fmt.Fprintf(&refs, "unlisted /nix/store/%s-other and /nix/store/%s-placeholder %s\n", unlisted, refnorm.Placeholder, refnorm.Placeholder)
+	}
+	os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
+	os.WriteFile(filepath.Join(dir, "bin", "run"), []byte(refs.String()), 0o755)
+	return dir
+}
+
+type version struct {
+	ni  *narinfo.NarInfo
+	nar []byte
+}
+
+// publish adds v1, a mass rebuild of v1 (new hashes only) and v2 to a cache.
+func publish(t *testing.T, e *env) []version {
+	t.Helper()
+	unlisted := nixtest.RandomHashPart()
+	var out []version
+	for _, v := range []int{1, 1, 2} {
+		self, dep := nixtest.RandomHashPart(), nixtest.RandomHashPart()
+		nar := nixtest.DumpPath(t, versionTree(t, v, self, dep, unlisted))
+		ni := e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("pkg-%d.0", v), HashPart: self, NAR: nar,
+			References: []string{self + fmt.Sprintf("-pkg-%d.0", v), dep + "-glibc"}})
+		out = append(out, version{ni, nar})
+	}
+	return out
+}
+
+func ingestAll(t *testing.T, e *env, vs []version, mod func(*ingest.Options)) []*ingest.Result {
+	t.Helper()
+	in := e.ingester(t, e.cache.URL(), mod)
+	var res []*ingest.Result
+	for _, v := range vs {
+		r, err := in.IngestPath(t.Context(), v.ni.StorePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res = append(res, r)
+	}
+	return res
+}
+
+func TestNormalizedAndDeltaNARsAreByteExact(t *testing.T) {
+	plain := newEnv(t)
+	vs := publish(t, plain)
+	plainRes := ingestAll(t, plain, vs, nil)
+
+	e := newEnv(t)
+	e.cache = plain.cache
+	res := ingestAll(t, e, vs, func(o *ingest.Options) { o.Normalize, o.Delta = true, true })
+
+	for i, v := range vs {
+		if got := e.readBack(t, v.ni); string(got) != string(v.nar) {
+			t.Fatalf("version %d does not reassemble byte-exact", i)
+		}
+		nar, _ := e.ix.NAR(t.Context(), v.ni.NarHash)
+		if nar.Transform != refnorm.Transform {
+			t.Errorf("version %d: transform %q", i, nar.Transform)
+		}
+		// Ranges that start and end inside replaced hashes restore exactly too.
+		m, _ := refnorm.Unmarshal(nar.RefMap)
+		off := int64(m.Offsets[len(m.Offsets)/2]) + 7
+		r, err := reassembly.NewReader(t.Context(), e.chunks, nar, off, 1000, reassembly.ReaderOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(r)
+		r.Close()
+		if err != nil || string(b) != string(v.nar[off:off+1000]) {
+			t.Errorf("version %d: range inside a replaced hash differs (%v)", i, err)
+		}
+	}
+	// The rebuild differs from v1 only in store hashes: with normalization it
+	// adds (almost) nothing; without, its reference-bearing chunks are new.
+	if res[1].StoredBytes >= plainRes[1].StoredBytes || res[1].NewChunks > 1 {
+		t.Errorf("mass rebuild: normalized stored %d bytes in %d new chunks, plain %d bytes in %d", res[1].StoredBytes, res[1].NewChunks, plainRes[1].StoredBytes, plainRes[1].NewChunks)
+	}
+	// v2 is stored partly as deltas against v1, and smaller than plain.
+	nar2, _ := e.ix.NAR(t.Context(), vs[2].ni.NarHash)
+	var ids []chunker.ID
+	for _, c := range nar2.Chunks {
+		ids = append(ids, c.ID)
+	}
+	recs, _ := e.ix.Chunks(t.Context(), ids)
+	deltas := 0
+	for _, c := range recs {
+		if c.Encoding == uint8(store.EncZstdDelta) {
+			deltas++
+			if c.Base.IsZero() || c.Depth == 0 {
+				t.Errorf("delta chunk %s without base or depth", c.ID)
+			}
+		}
+	}
+	if deltas == 0 {
+		t.Fatal("no chunk of the new release was delta-encoded")
+	}
+	if res[2].StoredBytes*2 > plainRes[2].StoredBytes {
+		t.Errorf("new release stored %d bytes with delta, %d without; want at least 2x smaller", res[2].StoredBytes, plainRes[2].StoredBytes)
+	}
+	t.Logf("new release: %d delta chunks; stored %d bytes (plain CDC %d); rebuild stored %d (plain %d)",
+		deltas, res[2].StoredBytes, plainRes[2].StoredBytes, res[1].StoredBytes, plainRes[1].StoredBytes)
+}
+
+func TestDeltaBaseMissingOrCorruptFailsClosed(t *testing.T) {
+	for _, damage := range []string{"missing", "corrupt"} {
+		t.Run(damage, func(t *testing.T) {
+			e := newEnv(t)
+			vs := publish(t, e)
+			ingestAll(t, e, vs, func(o *ingest.Options) { o.Delta = true })
+			nar2, _ := e.ix.NAR(t.Context(), vs[2].ni.NarHash)
+			var ids []chunker.ID
+			for _, c := range nar2.Chunks {
+				ids = append(ids, c.ID)
+			}
+			recs, _ := e.ix.Chunks(t.Context(), ids)
+			var base chunker.ID
+			for _, c := range recs {
+				if c.Encoding == uint8(store.EncZstdDelta) {
+					base = c.Base
+					break
+				}
+			}
+			if base.IsZero() {
+				t.Fatal("no delta chunk")
+			}
+			if damage == "missing" {
+				e.dir.Delete(t.Context(), base)
+			} else {
+				rc, _ := e.dir.Get(t.Context(), base)
+				b, _ := io.ReadAll(rc)
+				rc.Close()
+				b[len(b)-1] ^= 1
+				e.dir.Delete(t.Context(), base)
+				e.dir.Put(t.Context(), base, b)
+			}
+			r, err := reassembly.NewReader(t.Context(), reassembly.NewCache(e.chunks, 1<<20), nar2, 0, -1, reassembly.ReaderOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(r)
+			r.Close()
+			want := store.ErrNotFound
+			if damage == "corrupt" {
+				want = store.ErrCorrupt
+			}
+			if !errors.Is(err, want) || len(got) >= len(vs[2].nar) {
+				t.Fatalf("read %d of %d bytes, err %v; want %v before the end", len(got), len(vs[2].nar), err, want)
+			}
+		})
+	}
+}
+
