@@ -188,4 +188,3 @@ func TestDeltaBaseMissingOrCorruptFailsClosed(t *testing.T) {
 		})
 	}
 }
-
