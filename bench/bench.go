@@ -104,8 +104,35 @@ type Row struct {
 	ReassemblyMBps float64 `json:"reassembly_mb_per_s"` // this bump's NAR bytes / cold read time
 }
 
+// PackageRow is what one configuration stored for one package name over all
+// bumps, next to what the upstream holds for it.
+type PackageRow struct {
+	Config        string  `json:"config"`
+	Package       string  `json:"package"`
+	NARs          int     `json:"nars"`
+	NARBytes      uint64  `json:"nar_bytes"`
+	UpstreamBytes uint64  `json:"upstream_bytes"`
+	StoredBytes   uint64  `json:"stored_bytes"`
+	Ratio         float64 `json:"stored_per_upstream"`
+}
+
+// Result is a sweep's outcome.
+type Result struct {
+	Rows     []Row
+	Packages []PackageRow
+}
+
 // Run sweeps every configuration over every bump.
 func Run(ctx context.Context, o Options) ([]Row, error) {
+	res, err := RunAll(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return res.Rows, nil
+}
+
+// RunAll sweeps every configuration over every bump, with per-package totals.
+func RunAll(ctx context.Context, o Options) (*Result, error) {
 	if o.Parallel <= 0 {
 		o.Parallel = 1
 	}
@@ -122,6 +149,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	var (
 		mu   sync.Mutex
 		rows []Row
+		pkgs []PackageRow
 		errs []error
 		wg   sync.WaitGroup
 		sem  = make(chan struct{}, o.Parallel)
@@ -132,7 +160,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			r, err := runConfig(ctx, o, c)
+			r, p, err := runConfig(ctx, o, c)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -140,6 +168,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 				return
 			}
 			rows = append(rows, r...)
+			pkgs = append(pkgs, p...)
 		}()
 	}
 	wg.Wait()
@@ -155,7 +184,13 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		}
 		return rows[i].Bump < rows[j].Bump
 	})
-	return rows, nil
+	sort.Slice(pkgs, func(i, j int) bool {
+		if pkgs[i].Config != pkgs[j].Config {
+			return pkgs[i].Config < pkgs[j].Config
+		}
+		return pkgs[i].Package < pkgs[j].Package
+	})
+	return &Result{Rows: rows, Packages: pkgs}, nil
 }
 
 func compressionOf(name string) (string, bool) {
@@ -172,43 +207,55 @@ func baseOf(file string) string {
 	return b[:strings.Index(b, ".nar")]
 }
 
-func runConfig(ctx context.Context, o Options, c Config) ([]Row, error) {
+func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, error) {
 	dir, err := os.MkdirTemp(o.TempDir, "narstore-bench-")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.RemoveAll(dir)
 	ix, err := index.OpenSQLite(filepath.Join(dir, "index.db"), nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer ix.Close()
 	d, err := store.OpenDir(filepath.Join(dir, "chunks"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	d.NoSync = true
 	chunks, err := store.NewChunks(d, store.ChunksOptions{Level: c.Level})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var up *ingest.Upstream
 	if o.Upstream != "" {
 		if up, err = ingest.NewUpstream(o.Upstream, ingest.UpstreamOptions{}); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, Normalize: c.Normalize})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	seen := map[string]bool{}
 	var rows []Row
+	pkgs := map[string]*PackageRow{}
+	account := func(pname string, before int64, nar *index.NAR) {
+		p := pkgs[pname]
+		if p == nil {
+			p = &PackageRow{Config: c.Name(), Package: pname}
+			pkgs[pname] = p
+		}
+		p.NARs++
+		p.NARBytes += nar.Size
+		p.UpstreamBytes += nar.UpstreamSize
+		p.StoredBytes += uint64(in.Progress.NewStoredBytes.Load() - before)
+	}
 	var puts int64
 	for i, b := range o.Bumps {
 		before, err := ix.Stats(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		var newNARs [][32]byte
 		start := time.Now()
@@ -220,48 +267,56 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, error) {
 			seen[base] = true
 			comp, ok := compressionOf(f)
 			if !ok {
-				return nil, fmt.Errorf("%s: not a .nar, .nar.xz, .nar.zst or .nar.bz2 file", f)
+				return nil, nil, fmt.Errorf("%s: not a .nar, .nar.xz, .nar.zst or .nar.bz2 file", f)
 			}
 			fh, err := os.Open(f)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			// The same path as an upload: upstream bytes are the file's bytes.
+			before := in.Progress.NewStoredBytes.Load()
 			nar, err := in.IngestUpload(ctx, fh, comp, 1<<40, base)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", f, err)
+				return nil, nil, fmt.Errorf("%s: %w", f, err)
 			}
+			account(narinfo.PName(base), before, nar)
 			newNARs = append(newNARs, nar.Hash)
 		}
 		for _, p := range b.StorePaths {
 			h, err := ingest.ParseHashPart(p)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if seen[h] {
 				continue
 			}
 			seen[h] = true
+			before := in.Progress.NewStoredBytes.Load()
 			res, err := in.IngestPath(ctx, p)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if !res.Skipped {
 				ni, err := ix.NarInfo(ctx, h)
 				if err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				newNARs = append(newNARs, ni.NarHash)
+				nar, err := ix.NAR(ctx, ni.NarHash)
+				if err != nil {
+					return nil, nil, err
+				}
+				account(narinfo.PName(p), before, nar)
 			}
 		}
 		ingestDur := time.Since(start)
 		st, err := ix.Stats(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		fp, err := ix.Footprint(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		puts += st.Chunks - before.Chunks
 		// Cold reassembly of this bump's new NARs, one GET per chunk reference.
@@ -270,16 +325,16 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, error) {
 		for _, h := range newNARs {
 			nar, err := ix.NAR(ctx, h)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			r, err := reassembly.NewReader(ctx, reassembly.NewCache(chunks, 0), nar, 0, -1, reassembly.ReaderOptions{})
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			_, err = io.Copy(io.Discard, r)
 			r.Close()
 			if err != nil {
-				return nil, fmt.Errorf("reassemble %s: %w", narinfo.FormatHash(h), err)
+				return nil, nil, fmt.Errorf("reassemble %s: %w", narinfo.FormatHash(h), err)
 			}
 			gets += int64(len(nar.Chunks))
 		}
@@ -301,7 +356,12 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, error) {
 			fmt.Fprintf(o.Progress, "%-34s bump %d: stored/upstream %.3f, %d chunks, ingest %.0f MB/s\n", c.Name(), i+1, row.StoredUpstream, row.Chunks, row.IngestMBps)
 		}
 	}
-	return rows, nil
+	var prows []PackageRow
+	for _, p := range pkgs {
+		p.Ratio = ratio(p.StoredBytes, p.UpstreamBytes)
+		prows = append(prows, *p)
+	}
+	return rows, prows, nil
 }
 
 func ratio(a, b uint64) float64 {

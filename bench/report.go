@@ -281,3 +281,32 @@ func fmtNum(v float64) string {
 func esc(s string) string {
 	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
 }
+
+// WritePackages prints per-package totals for each configuration.
+func WritePackages(w io.Writer, pkgs []PackageRow) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "config\tpackage\tNARs\tNAR\tupstream\tstored\tstored/upstream\t")
+	for _, p := range pkgs {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%.3f\t\n", p.Config, p.Package, p.NARs, mb(p.NARBytes), mb(p.UpstreamBytes), mb(p.StoredBytes), p.Ratio)
+	}
+	tw.Flush()
+}
+
+// WritePackagesCSV writes packages.csv into dir.
+func WritePackagesCSV(dir string, pkgs []PackageRow) error {
+	f, err := os.Create(filepath.Join(dir, "packages.csv"))
+	if err != nil {
+		return err
+	}
+	cw := csv.NewWriter(f)
+	cw.Write([]string{"config", "package", "nars", "nar_bytes", "upstream_bytes", "stored_bytes", "stored_per_upstream"})
+	for _, p := range pkgs {
+		cw.Write([]string{p.Config, p.Package, fmt.Sprint(p.NARs), fmt.Sprint(p.NARBytes), fmt.Sprint(p.UpstreamBytes), fmt.Sprint(p.StoredBytes), strconv.FormatFloat(p.Ratio, 'f', 4, 64)})
+	}
+	cw.Flush()
+	if err := cw.Error(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -112,25 +112,27 @@ func (di *deltaIndex) best(data []byte) (baseCandidate, bool) {
 
 // encodeChunk returns the blob to store for data: the delta against the best
 // base when it beats plain zstd by the configured margin, else plain zstd.
+// A delta of 1/20 of the chunk or less is taken without trying plain zstd,
+// which on real data does not compress that well.
 func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte) ([]byte, store.Written, uint8, error) {
+	if di != nil {
+		if base, ok := di.best(data); ok {
+			if baseData, err := in.chunks.Get(ctx, base.id); err == nil { // a base that went away: plain is always correct
+				dblob, dw, err := in.chunks.EncodeDelta(data, base.id, baseData)
+				if err != nil {
+					return nil, store.Written{}, 0, err
+				}
+				if dw.StoredSize*20 <= len(data) {
+					return dblob, dw, base.depth + 1, nil
+				}
+				blob, w := in.chunks.Encode(data)
+				if float64(dw.StoredSize) <= float64(w.StoredSize)*(1-in.opts.DeltaMargin) {
+					return dblob, dw, base.depth + 1, nil
+				}
+				return blob, w, 0, nil
+			}
+		}
+	}
 	blob, w := in.chunks.Encode(data)
-	if di == nil {
-		return blob, w, 0, nil
-	}
-	base, ok := di.best(data)
-	if !ok {
-		return blob, w, 0, nil
-	}
-	baseData, err := in.chunks.Get(ctx, base.id)
-	if err != nil {
-		return blob, w, 0, nil // the base went away: plain is always correct
-	}
-	dblob, dw, err := in.chunks.EncodeDelta(data, base.id, baseData)
-	if err != nil {
-		return nil, store.Written{}, 0, err
-	}
-	if float64(dw.StoredSize) <= float64(w.StoredSize)*(1-in.opts.DeltaMargin) {
-		return dblob, dw, base.depth + 1, nil
-	}
 	return blob, w, 0, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 
 	"github.com/klauspost/compress/zstd"
@@ -221,7 +222,13 @@ func (c *Chunks) readBlob(ctx context.Context, id chunker.ID) ([]byte, error) {
 		return nil, err
 	}
 	defer rc.Close()
-	buf := bytes.NewBuffer(make([]byte, 0, 64<<10))
+	size := 64 << 10
+	if st, ok := rc.(interface{ Stat() (os.FileInfo, error) }); ok { // local files: read in one go
+		if fi, err := st.Stat(); err == nil && fi.Size() <= MaxChunkSize+64 {
+			size = int(fi.Size()) + 1
+		}
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size))
 	if _, err := io.Copy(buf, io.LimitReader(rc, MaxChunkSize+64)); err != nil {
 		return nil, fmt.Errorf("read chunk %s: %w", id, err)
 	}
@@ -238,7 +245,7 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 	case EncRaw:
 		data = payload
 	case EncZstd:
-		data, err = c.dec.DecodeAll(payload, nil)
+		data, err = c.dec.DecodeAll(payload, make([]byte, 0, frameSize(payload)))
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %v: %w", err, ErrCorrupt)
 		}
@@ -260,7 +267,7 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 		if err != nil {
 			return nil, err
 		}
-		data, err = dec.DecodeAll(payload, nil)
+		data, err = dec.DecodeAll(payload, make([]byte, 0, frameSize(payload)))
 		dec.Close()
 		if err != nil {
 			return nil, fmt.Errorf("zstd delta: %v: %w", err, ErrCorrupt)
@@ -274,3 +281,13 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 
 // Chunk is Get under the name reassembly's ChunkSource uses.
 func (c *Chunks) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) { return c.Get(ctx, id) }
+
+// frameSize returns a zstd frame's declared content size, for allocating
+// the output once; 0 if unknown or implausible.
+func frameSize(frame []byte) int {
+	var h zstd.Header
+	if err := h.Decode(frame); err != nil || !h.HasFCS || h.FrameContentSize > MaxChunkSize {
+		return 0
+	}
+	return int(h.FrameContentSize)
+}

@@ -91,15 +91,21 @@ func setupBench(fs *flag.FlagSet) runFunc {
 			}
 		}
 		start := time.Now()
-		rows, err := bench.Run(ctx, o)
+		res, err := bench.RunAll(ctx, o)
 		if err != nil {
 			return err
 		}
+		rows := res.Rows
 		bench.WriteTable(env.stdout, rows)
+		fmt.Fprintln(env.stdout)
+		bench.WritePackages(env.stdout, res.Packages)
 		if err := bench.WriteFiles(*out, rows); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "\n%d configurations × %d bumps in %s; wrote %s/results.csv, results.json, ratio_by_bump.svg, throughput_by_chunk_size.svg, objects_by_chunk_size.svg\n",
+		if err := bench.WritePackagesCSV(*out, res.Packages); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "\n%d configurations × %d bumps in %s; wrote %s/results.csv, packages.csv, results.json, ratio_by_bump.svg, throughput_by_chunk_size.svg, objects_by_chunk_size.svg\n",
 			len(o.Configs), len(o.Bumps), time.Since(start).Round(time.Second), *out)
 		return nil
 	}
