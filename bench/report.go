@@ -142,27 +142,27 @@ func ratioChart(rows []Row) string {
 	return lineChart("Stored bytes / upstream (xz) bytes, cumulative, after each bump", "bump", "stored / upstream", ss, labels, false, true)
 }
 
-// perPreset averages a metric of each configuration's final row by preset,
-// against the average chunk size, one series per zstd level.
+// perPreset plots a metric of each configuration's final row against the
+// average chunk size, one series per variant (zstd level, normalization,
+// delta) across presets.
 func perPreset(rows []Row, metric func(Row) float64) []series {
-	byLevel := map[int]*series{}
+	byVariant := map[string]*series{}
+	var names []string
 	for _, r := range lastRows(rows) {
-		s := byLevel[r.Level]
+		_, variant, _ := strings.Cut(r.Config, "/")
+		s := byVariant[variant]
 		if s == nil {
-			s = &series{name: fmt.Sprintf("zstd level %d", r.Level)}
-			byLevel[r.Level] = s
+			s = &series{name: variant}
+			byVariant[variant] = s
+			names = append(names, variant)
 		}
 		s.xs = append(s.xs, float64(r.AvgChunk)/1024)
 		s.ys = append(s.ys, metric(r))
 	}
-	var levels []int
-	for l := range byLevel {
-		levels = append(levels, l)
-	}
-	sort.Ints(levels)
+	sort.Strings(names)
 	var out []series
-	for _, l := range levels {
-		out = append(out, *byLevel[l])
+	for _, n := range names {
+		out = append(out, *byVariant[n])
 	}
 	return out
 }
@@ -211,7 +211,7 @@ func lineChart(title, xlabel, ylabel string, ss []series, xticks []string, logX,
 	if ymax <= 0 || math.IsInf(ymax, 0) {
 		ymax = 1
 	}
-	ymax *= 1.08
+	ymax = niceCeil(ymax * 1.05)
 	px := func(x float64) float64 { return L + (tx(x)-xmin)/(xmax-xmin)*(W-L-R) }
 	py := func(y float64) float64 { return H - B - (y-ymin)/(ymax-ymin)*(H-T-B) }
 	var b strings.Builder
@@ -264,6 +264,18 @@ func lineChart(title, xlabel, ylabel string, ss []series, xticks []string, logX,
 	}
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+// niceCeil rounds v up to 1, 2, 2.5 or 5 times a power of ten, so that five
+// grid steps fall on round numbers.
+func niceCeil(v float64) float64 {
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*p >= v {
+			return m * p
+		}
+	}
+	return 10 * p
 }
 
 func fmtNum(v float64) string {

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -27,11 +29,24 @@ func setupBench(fs *flag.FlagSet) runFunc {
 	delta := fs.String("delta", "off", "delta encoding values to sweep: off, on or off,on")
 	normalize := fs.String("normalize", "off", "store-reference normalization values to sweep: off, on or off,on (needs --bump-paths)")
 	parallel := fs.Int("parallel", 2, "configurations run at once")
+	fromJSON := fs.String("from-json", "", "re-render the table, CSV and charts from an earlier results.json instead of running")
 	tmp := fs.String("tmp", "", "where throwaway stores are made (default: the system temp dir)")
 	putPrice := fs.Float64("price-put", bench.DefaultPrices.PutPer1000, "USD per 1000 PUT requests (S3 Standard list price)")
 	getPrice := fs.Float64("price-get", bench.DefaultPrices.GetPer1000, "USD per 1000 GET requests (S3 Standard list price)")
 	gbPrice := fs.Float64("price-gb-month", bench.DefaultPrices.GBMonth, "USD per GB-month stored (S3 Standard list price)")
 	return func(ctx context.Context, env *cmdEnv) error {
+		if *fromJSON != "" {
+			b, err := os.ReadFile(*fromJSON)
+			if err != nil {
+				return &exitError{code: 2, msg: fmt.Sprintf("--from-json: %v", err)}
+			}
+			var rows []bench.Row
+			if err := json.Unmarshal(b, &rows); err != nil {
+				return &exitError{code: 2, msg: fmt.Sprintf("--from-json %s: %v", *fromJSON, err)}
+			}
+			bench.WriteTable(env.stdout, rows)
+			return bench.WriteFiles(*out, rows)
+		}
 		o := bench.Options{Parallel: *parallel, TempDir: *tmp, Progress: env.stderr,
 			Prices: bench.Prices{PutPer1000: *putPrice, GetPer1000: *getPrice, GBMonth: *gbPrice}}
 		switch {
