@@ -20,8 +20,8 @@ import (
 	"github.com/narstore/narstore/internal/narinfo"
 )
 
-//go:embed migrations/sqlite/*.sql
-var sqliteMigrations embed.FS
+//go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
+var migrationFiles embed.FS
 
 // SQLite is the embedded Index backend.
 type SQLite struct {
@@ -65,7 +65,7 @@ func (s *SQLite) migrate(ctx context.Context) error {
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
 		return err
 	}
-	files, err := fs.Glob(sqliteMigrations, "migrations/sqlite/*.sql")
+	files, err := fs.Glob(migrationFiles, "migrations/sqlite/*.sql")
 	if err != nil {
 		return err
 	}
@@ -75,7 +75,7 @@ func (s *SQLite) migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("migration %s: bad name", f)
 		}
-		body, _ := sqliteMigrations.ReadFile(f)
+		body, _ := migrationFiles.ReadFile(f)
 		tx, err := s.db.BeginTx(ctx, nil)
 		if err != nil {
 			return err

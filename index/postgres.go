@@ -1,0 +1,427 @@
+package index
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/internal/narinfo"
+)
+
+// Postgres is the Index backend for many instances sharing one database.
+type Postgres struct {
+	pool *pgxpool.Pool
+	now  func() time.Time
+}
+
+var _ Index = (*Postgres)(nil)
+
+// migrationLock is the advisory lock key taken while migrating, so that
+// instances starting together migrate once.
+const migrationLock = 0x6e617273746f7265 // "narstore"
+
+// OpenPostgres connects to dsn (postgres://…) and applies pending migrations.
+func OpenPostgres(ctx context.Context, dsn string, now func() time.Time) (*Postgres, error) {
+	if now == nil {
+		now = time.Now
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("postgres %s: %w", redactDSN(dsn), err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres %s is not reachable: %w", redactDSN(dsn), err)
+	}
+	p := &Postgres{pool: pool, now: now}
+	if err := p.migrate(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres %s: %w", redactDSN(dsn), err)
+	}
+	return p, nil
+}
+
+// redactDSN hides a password in a connection string.
+func redactDSN(dsn string) string {
+	if i := strings.Index(dsn, "://"); i >= 0 {
+		if at := strings.LastIndex(dsn, "@"); at > i {
+			cred := dsn[i+3 : at]
+			if c := strings.Index(cred, ":"); c >= 0 {
+				return dsn[:i+3] + cred[:c] + ":xxxxx" + dsn[at:]
+			}
+		}
+	}
+	return dsn
+}
+
+func (p *Postgres) migrate(ctx context.Context) error {
+	tx, err := p.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrationLock)); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+		return err
+	}
+	files, err := fs.Glob(migrationFiles, "migrations/postgres/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		v, err := strconv.Atoi(strings.SplitN(filepath.Base(f), "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: bad name", f)
+		}
+		var n int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM schema_migrations WHERE version = $1`, v).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			continue
+		}
+		body, _ := migrationFiles.ReadFile(f)
+		if _, err := tx.Exec(ctx, string(body)); err != nil {
+			return fmt.Errorf("migration %s: %w", f, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, v, p.now().Unix()); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// Close implements Index.
+func (p *Postgres) Close() error { p.pool.Close(); return nil }
+
+const pgNarinfoCols = `store_path, nar_hash, nar_size, refs, deriver, system, sigs, ca, upstream_url, upstream_compression, file_hash, file_size`
+
+func pgScanNarInfo(row pgx.Row) (*narinfo.NarInfo, error) {
+	var (
+		ni                narinfo.NarInfo
+		hash              []byte
+		refs, sigs        string
+		narSize, fileSize int64
+	)
+	if err := row.Scan(&ni.StorePath, &hash, &narSize, &refs, &ni.Deriver, &ni.System, &sigs, &ni.CA, &ni.URL, &ni.Compression, &ni.FileHash, &fileSize); err != nil {
+		return nil, err
+	}
+	copy(ni.NarHash[:], hash)
+	ni.NarSize, ni.FileSize = uint64(narSize), uint64(fileSize)
+	ni.References = strings.Fields(refs)
+	if sigs != "" {
+		ni.Sigs = strings.Split(sigs, "\n")
+	}
+	return &ni, nil
+}
+
+// NarInfo implements Index.
+func (p *Postgres) NarInfo(ctx context.Context, hashPart string) (*narinfo.NarInfo, error) {
+	ni, err := pgScanNarInfo(p.pool.QueryRow(ctx, `SELECT `+pgNarinfoCols+` FROM narinfos WHERE hash_part = $1`, hashPart))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("narinfo %s: %w", hashPart, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("narinfo %s: %w", hashPart, err)
+	}
+	return ni, nil
+}
+
+const pgNarCols = `nar_hash, nar_size, preset, transform, chunk_count, upstream_size, upstream_compression, refmap`
+
+func pgScanNAR(row pgx.Row) (*NAR, error) {
+	var n NAR
+	var hash []byte
+	var size, up int64
+	var count int32
+	if err := row.Scan(&hash, &size, &n.Preset, &n.Transform, &count, &up, &n.UpstreamCompression, &n.RefMap); err != nil {
+		return nil, err
+	}
+	copy(n.Hash[:], hash)
+	n.Size, n.UpstreamSize = uint64(size), uint64(up)
+	n.Chunks = make([]ChunkRef, 0, count)
+	return &n, nil
+}
+
+// NAR implements Index.
+func (p *Postgres) NAR(ctx context.Context, narHash [32]byte) (*NAR, error) {
+	n, err := pgScanNAR(p.pool.QueryRow(ctx, `SELECT `+pgNarCols+` FROM nars WHERE nar_hash = $1`, narHash[:]))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("nar %s: %w", narinfo.FormatHash(narHash), ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nar %s: %w", narinfo.FormatHash(narHash), err)
+	}
+	rows, err := p.pool.Query(ctx, `SELECT chunk_id, "offset", size FROM nar_chunks WHERE nar_hash = $1 ORDER BY seq`, narHash[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id []byte
+		var off int64
+		var size int32
+		if err := rows.Scan(&id, &off, &size); err != nil {
+			return nil, err
+		}
+		var c ChunkRef
+		copy(c.ID[:], id)
+		c.Offset, c.Size = uint64(off), uint32(size)
+		n.Chunks = append(n.Chunks, c)
+	}
+	return n, rows.Err()
+}
+
+// HasNAR implements Index.
+func (p *Postgres) HasNAR(ctx context.Context, narHash [32]byte) (bool, error) {
+	var ok bool
+	err := p.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM nars WHERE nar_hash = $1)`, narHash[:]).Scan(&ok)
+	return ok, err
+}
+
+func idBytes(ids []chunker.ID) [][]byte {
+	out := make([][]byte, len(ids))
+	for i := range ids {
+		out[i] = ids[i][:]
+	}
+	return out
+}
+
+// HasChunks implements Index.
+func (p *Postgres) HasChunks(ctx context.Context, ids []chunker.ID) ([]bool, error) {
+	rows, err := p.pool.Query(ctx, `SELECT id FROM chunks WHERE id = ANY($1)`, idBytes(ids))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	found := map[chunker.ID]bool{}
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		var id chunker.ID
+		copy(id[:], b)
+		found[id] = true
+	}
+	out := make([]bool, len(ids))
+	for i, id := range ids {
+		out[i] = found[id]
+	}
+	return out, rows.Err()
+}
+
+// Chunks implements Index.
+func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) {
+	rows, err := p.pool.Query(ctx, `SELECT id, size, stored_size, encoding, base_id, depth FROM chunks WHERE id = ANY($1)`, idBytes(ids))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	found := map[chunker.ID]Chunk{}
+	for rows.Next() {
+		var idb, base []byte
+		var size, stored int32
+		var enc, depth int16
+		if err := rows.Scan(&idb, &size, &stored, &enc, &base, &depth); err != nil {
+			return nil, err
+		}
+		var c Chunk
+		copy(c.ID[:], idb)
+		copy(c.Base[:], base)
+		c.Size, c.StoredSize, c.Encoding, c.Depth = uint32(size), uint32(stored), uint8(enc), uint8(depth)
+		found[c.ID] = c
+	}
+	out := make([]Chunk, len(ids))
+	for i, id := range ids {
+		out[i] = found[id]
+	}
+	return out, rows.Err()
+}
+
+// Commit implements Index.
+func (p *Postgres) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, newChunks []Chunk) error {
+	what := narinfo.FormatHash(nar.Hash)
+	if ni != nil {
+		what = ni.StorePath
+		if ni.NarHash != nar.Hash || ni.NarSize != nar.Size {
+			return fmt.Errorf("commit %s: narinfo and NAR disagree on hash or size", ni.StorePath)
+		}
+	}
+	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		now := p.now().Unix()
+		for _, c := range newChunks {
+			var base any
+			if !c.Base.IsZero() {
+				base = c.Base[:]
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, depth, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`,
+				c.ID[:], int32(c.Size), int32(c.StoredSize), int16(c.Encoding), base, int16(c.Depth), now); err != nil {
+				return fmt.Errorf("insert chunk %s: %w", c.ID, err)
+			}
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO nars (`+pgNarCols+`, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (nar_hash) DO NOTHING`,
+			nar.Hash[:], int64(nar.Size), nar.Preset, nar.Transform, len(nar.Chunks), int64(nar.UpstreamSize), nar.UpstreamCompression, nar.RefMap, now)
+		if err != nil {
+			return fmt.Errorf("insert nar: %w", err)
+		}
+		if tag.RowsAffected() == 1 {
+			if err := p.insertNARChunks(ctx, tx, nar); err != nil {
+				return err
+			}
+			if nar.PName != "" {
+				if _, err := tx.Exec(ctx, `INSERT INTO nar_names (pname, nar_hash) VALUES ($1, $2)`, nar.PName, nar.Hash[:]); err != nil {
+					return err
+				}
+			}
+		}
+		if ni != nil {
+			return pgUpsertNarInfo(ctx, tx, ni, now)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", what, err)
+	}
+	return nil
+}
+
+func (p *Postgres) insertNARChunks(ctx context.Context, tx pgx.Tx, nar *NAR) error {
+	var off uint64
+	distinct := map[chunker.ID]bool{}
+	rows := make([][]any, len(nar.Chunks))
+	for i, c := range nar.Chunks {
+		if c.Offset != off {
+			return fmt.Errorf("chunk %d of NAR at offset %d, want %d", i, c.Offset, off)
+		}
+		off += uint64(c.Size)
+		distinct[c.ID] = true
+		rows[i] = []any{nar.Hash[:], int32(i), c.ID[:], int64(c.Offset), int32(c.Size)}
+	}
+	if off != nar.Size {
+		return fmt.Errorf("chunks cover %d bytes, NAR has %d", off, nar.Size)
+	}
+	ids := make([]chunker.ID, 0, len(distinct))
+	for id := range distinct {
+		ids = append(ids, id)
+	}
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM chunks WHERE id = ANY($1)`, idBytes(ids)).Scan(&n); err != nil {
+		return err
+	}
+	if n != len(ids) {
+		return fmt.Errorf("%d of %d chunks: %w", len(ids)-n, len(ids), ErrMissingChunk)
+	}
+	_, err := tx.CopyFrom(ctx, pgx.Identifier{"nar_chunks"}, []string{"nar_hash", "seq", "chunk_id", "offset", "size"}, pgx.CopyFromRows(rows))
+	return err
+}
+
+func pgUpsertNarInfo(ctx context.Context, tx pgx.Tx, ni *narinfo.NarInfo, now int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO narinfos (hash_part, `+pgNarinfoCols+`, created_at, last_access)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+		ON CONFLICT (hash_part) DO UPDATE SET store_path = excluded.store_path, nar_hash = excluded.nar_hash,
+			nar_size = excluded.nar_size, refs = excluded.refs, deriver = excluded.deriver, system = excluded.system,
+			sigs = excluded.sigs, ca = excluded.ca, upstream_url = excluded.upstream_url,
+			upstream_compression = excluded.upstream_compression, file_hash = excluded.file_hash, file_size = excluded.file_size`,
+		ni.HashPart(), ni.StorePath, ni.NarHash[:], int64(ni.NarSize), strings.Join(ni.SortedReferences(), " "), ni.Deriver, ni.System,
+		strings.Join(ni.Sigs, "\n"), ni.CA, ni.URL, ni.Compression, ni.FileHash, int64(ni.FileSize), now, now)
+	if err != nil {
+		return fmt.Errorf("record narinfo: %w", err)
+	}
+	return nil
+}
+
+// AddNarInfo implements Index.
+func (p *Postgres) AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error {
+	return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		var size int64
+		err := tx.QueryRow(ctx, `SELECT nar_size FROM nars WHERE nar_hash = $1`, ni.NarHash[:]).Scan(&size)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("narinfo %s: nar %s: %w", ni.StorePath, ni.NarHashString(), ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if uint64(size) != ni.NarSize {
+			return fmt.Errorf("narinfo %s: NarSize %d, but the recorded NAR has %d bytes", ni.StorePath, ni.NarSize, size)
+		}
+		return pgUpsertNarInfo(ctx, tx, ni, p.now().Unix())
+	})
+}
+
+// Predecessor implements Index.
+func (p *Postgres) Predecessor(ctx context.Context, pname string) (*NAR, error) {
+	var hash []byte
+	err := p.pool.QueryRow(ctx, `SELECT nar_hash FROM nar_names WHERE pname = $1 ORDER BY seq DESC LIMIT 1`, pname).Scan(&hash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("predecessor of %s: %w", pname, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var h [32]byte
+	copy(h[:], hash)
+	return p.NAR(ctx, h)
+}
+
+// WalkNARs implements Index.
+func (p *Postgres) WalkNARs(ctx context.Context, fn func(*NAR) error) error {
+	rows, err := p.pool.Query(ctx, `SELECT `+pgNarCols+` FROM nars`)
+	if err != nil {
+		return err
+	}
+	var nars []*NAR
+	for rows.Next() {
+		n, err := pgScanNAR(rows)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		nars = append(nars, n)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, n := range nars {
+		if err := fn(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StorePaths implements Index.
+func (p *Postgres) StorePaths(ctx context.Context, narHash [32]byte) ([]string, error) {
+	rows, err := p.pool.Query(ctx, `SELECT store_path FROM narinfos WHERE nar_hash = $1 ORDER BY store_path`, narHash[:])
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// Stats implements Index.
+func (p *Postgres) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	var nb, up, cb, sb int64
+	err := p.pool.QueryRow(ctx, `SELECT
+		(SELECT count(*) FROM narinfos),
+		(SELECT count(*) FROM nars), (SELECT coalesce(sum(nar_size),0)::bigint FROM nars), (SELECT coalesce(sum(upstream_size),0)::bigint FROM nars),
+		(SELECT count(*) FROM chunks), (SELECT coalesce(sum(size),0)::bigint FROM chunks), (SELECT coalesce(sum(stored_size),0)::bigint FROM chunks)`).
+		Scan(&st.NarInfos, &st.NARs, &nb, &up, &st.Chunks, &cb, &sb)
+	st.NARBytes, st.UpstreamSize, st.ChunkBytes, st.StoredBytes = uint64(nb), uint64(up), uint64(cb), uint64(sb)
+	return st, err
+}

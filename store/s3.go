@@ -1,0 +1,183 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/narstore/narstore/chunker"
+)
+
+// S3Options locate a bucket. Credentials come from AccessKey/SecretKey when
+// set, else from the standard AWS chain (AWS_ACCESS_KEY_ID, profiles, IMDS…).
+type S3Options struct {
+	Bucket      string
+	Prefix      string // key prefix, e.g. "cache1/"; chunks live under PREFIX/chunks/ab/cd/<id>
+	Endpoint    string // e.g. http://127.0.0.1:9100 for MinIO; "" for AWS
+	Region      string // default us-east-1
+	PathStyle   bool   // needed by MinIO and most non-AWS servers
+	AccessKey   string
+	SecretKey   string
+	MaxAttempts int // per request, with exponential backoff; 0 means 5
+}
+
+// ParseS3URL reads s3://bucket/prefix?endpoint=…&region=…&path-style=true.
+func ParseS3URL(raw string) (S3Options, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "s3" || u.Host == "" {
+		return S3Options{}, fmt.Errorf("storage %q: want s3://bucket/prefix?endpoint=http://host:port&region=us-east-1&path-style=true", raw)
+	}
+	o := S3Options{Bucket: u.Host, Prefix: strings.TrimPrefix(u.Path, "/"), Endpoint: u.Query().Get("endpoint"), Region: u.Query().Get("region")}
+	if ps := u.Query().Get("path-style"); ps != "" {
+		if o.PathStyle, err = strconv.ParseBool(ps); err != nil {
+			return S3Options{}, fmt.Errorf("storage %q: path-style=%q is not true or false", raw, ps)
+		}
+	}
+	return o, nil
+}
+
+// S3 is a Store on an S3-compatible bucket, one object per chunk.
+type S3 struct {
+	client *s3.Client
+	bucket string
+	prefix string
+}
+
+var _ Store = (*S3)(nil)
+
+// OpenS3 connects and checks that the bucket is reachable.
+func OpenS3(ctx context.Context, o S3Options) (*S3, error) {
+	if o.Region == "" {
+		o.Region = "us-east-1"
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 5
+	}
+	opts := []func(*config.LoadOptions) error{
+		config.WithRegion(o.Region),
+		config.WithRetryer(func() aws.Retryer {
+			return retry.NewStandard(func(so *retry.StandardOptions) { so.MaxAttempts = o.MaxAttempts })
+		}),
+	}
+	if o.AccessKey != "" {
+		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(o.AccessKey, o.SecretKey, "")))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("s3 config: %w", err)
+	}
+	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
+		if o.Endpoint != "" {
+			so.BaseEndpoint = aws.String(o.Endpoint)
+		}
+		so.UsePathStyle = o.PathStyle
+	})
+	prefix := strings.Trim(o.Prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	s := &S3{client: client, bucket: o.Bucket, prefix: prefix}
+	if _, err := client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(o.Bucket)}); err != nil {
+		return nil, fmt.Errorf("s3 bucket %q at %s is not reachable (check the bucket name, endpoint, region and credentials): %w", o.Bucket, orAWS(o.Endpoint), err)
+	}
+	return s, nil
+}
+
+func orAWS(endpoint string) string {
+	if endpoint == "" {
+		return "AWS"
+	}
+	return endpoint
+}
+
+func (s *S3) key(id chunker.ID) string {
+	h := id.String()
+	return s.prefix + "chunks/" + h[:2] + "/" + h[2:4] + "/" + h
+}
+
+func isNotFound(err error) bool {
+	var nsk *types.NoSuchKey
+	var nf *types.NotFound
+	var api smithy.APIError
+	return errors.As(err, &nsk) || errors.As(err, &nf) || (errors.As(err, &api) && (api.ErrorCode() == "NoSuchKey" || api.ErrorCode() == "NotFound"))
+}
+
+// Get implements Store.
+func (s *S3) Get(ctx context.Context, id chunker.ID) (io.ReadCloser, error) {
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(s.key(id))})
+	if isNotFound(err) {
+		return nil, fmt.Errorf("get chunk %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get chunk %s: %w", id, err)
+	}
+	return out.Body, nil
+}
+
+// Has implements Store.
+func (s *S3) Has(ctx context.Context, id chunker.ID) (bool, error) {
+	_, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(s.key(id))})
+	if isNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat chunk %s: %w", id, err)
+	}
+	return true, nil
+}
+
+// Put implements Store. A PUT of an object is atomic in S3; writing the same
+// content-addressed object twice is harmless, so no existence check is made
+// (callers only put chunks the index does not know).
+func (s *S3) Put(ctx context.Context, id chunker.ID, blob []byte) error {
+	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(s.key(id)),
+		Body: bytes.NewReader(blob), ContentLength: aws.Int64(int64(len(blob)))})
+	if err != nil {
+		return fmt.Errorf("put chunk %s: %w", id, err)
+	}
+	return nil
+}
+
+// Delete implements Store.
+func (s *S3) Delete(ctx context.Context, id chunker.ID) error {
+	_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(s.key(id))})
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete chunk %s: %w", id, err)
+	}
+	return nil
+}
+
+// Walk implements Store.
+func (s *S3) Walk(ctx context.Context, fn func(id chunker.ID, size int64) error) error {
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(s.prefix + "chunks/")})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("list chunks: %w", err)
+		}
+		for _, obj := range page.Contents {
+			key := aws.ToString(obj.Key)
+			id, err := chunker.ParseID(key[strings.LastIndexByte(key, '/')+1:])
+			if err != nil {
+				continue
+			}
+			if err := fn(id, aws.ToInt64(obj.Size)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
