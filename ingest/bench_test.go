@@ -49,7 +49,14 @@ func benchIngester(b *testing.B, dir string) (*ingest.Ingester, *index.SQLite) {
 	d.NoSync = os.Getenv("NARSTORE_BENCH_NOSYNC") == "1"
 	level, _ := strconv.Atoi(os.Getenv("NARSTORE_BENCH_LEVEL"))
 	c, _ := store.NewChunks(d, store.ChunksOptions{Level: level})
-	p, _ := chunker.LookupPreset(chunker.DefaultPreset)
+	presetName := chunker.DefaultPreset
+	if v := os.Getenv("NARSTORE_BENCH_PRESET"); v != "" {
+		presetName = v
+	}
+	p, err := chunker.LookupPreset(presetName)
+	if err != nil {
+		b.Fatal(err)
+	}
 	in, err := ingest.New(nil, ix, c, ingest.Options{Preset: p})
 	if err != nil {
 		b.Fatal(err)
