@@ -25,6 +25,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 	pathsFile := fs.String("paths", "", "file of store paths, one per line (plain or .xz, like a channel's store-paths.xz); - for stdin")
 	closure := fs.Bool("closure", false, "also ingest every path the given paths reference, recursively")
 	preset := presetFlag(fs)
+	level := zstdLevelFlag(fs, 3)
 	jobs := fs.Int("jobs", 4, "NARs ingested in parallel")
 	workers := fs.Int("chunk-workers", 0, "chunk compress/store workers per NAR (0: one per CPU)")
 	xzImpl := fs.String("xz-decoder", "auto", "xz decoder: auto (liblzma's xz program if installed, else pure Go), exec or go")
@@ -66,7 +67,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return &exitError{code: 2, msg: err.Error()}
 		}
-		ix, chunks, err := env.openData(true)
+		ix, chunks, err := env.openData(true, *level)
 		if err != nil {
 			return err
 		}

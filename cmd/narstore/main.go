@@ -52,7 +52,6 @@ type common struct {
 	configFile string
 	logLevel   string
 	printCfg   bool
-	zstdLevel  int
 }
 
 // cmdEnv is what a running command gets.
@@ -70,7 +69,6 @@ func addCommon(fs *flag.FlagSet, c *common) {
 	fs.StringVar(&c.configFile, "config", "", "optional config `FILE` of \"key = value\" lines (keys are flag names); flags and NARSTORE_* variables override it")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.printCfg, "print-config", false, "print the effective settings (secrets redacted) and exit")
-	fs.IntVar(&c.zstdLevel, "zstd-level", store.DefaultLevel, "zstd level (1-22) for new chunks; higher stores fewer bytes for more ingest CPU, read speed is unchanged")
 }
 
 func main() {
@@ -169,8 +167,15 @@ func allFlagNames() map[string]bool {
 
 func capitalize(s string) string { return strings.ToUpper(s[:1]) + s[1:] }
 
+// zstdLevelFlag registers --zstd-level with a per-command default: batch
+// ingest compresses harder than the serve hot path (see README, bench).
+func zstdLevelFlag(fs *flag.FlagSet, def int) *int {
+	return fs.Int("zstd-level", def, "zstd level (1-22) for new chunks; higher stores fewer bytes for more ingest CPU, read speed is unchanged")
+}
+
 // openData opens the embedded index and chunk store under --data.
-func (e *cmdEnv) openData(create bool) (*index.SQLite, *store.Chunks, error) {
+// level is the zstd level for new chunks (0: store.DefaultLevel).
+func (e *cmdEnv) openData(create bool, level int) (*index.SQLite, *store.Chunks, error) {
 	if !create {
 		if _, err := os.Stat(filepath.Join(e.data, "index.db")); err != nil {
 			return nil, nil, fmt.Errorf("no narstore data in %s (index.db missing): pass --data, or ingest something first", e.data)
@@ -188,7 +193,7 @@ func (e *cmdEnv) openData(create bool) (*index.SQLite, *store.Chunks, error) {
 		ix.Close()
 		return nil, nil, err
 	}
-	chunks, err := store.NewChunks(dir, store.ChunksOptions{Level: e.zstdLevel})
+	chunks, err := store.NewChunks(dir, store.ChunksOptions{Level: level})
 	if err != nil {
 		ix.Close()
 		return nil, nil, fmt.Errorf("--zstd-level: %w", err)

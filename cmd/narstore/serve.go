@@ -30,6 +30,7 @@ func setupServe(fs *flag.FlagSet) runFunc {
 	allowUntrusted := fs.Bool("allow-untrusted", false, "pull-through: accept upstream narinfos that no trusted key signed")
 	negTTL := fs.Duration("negative-ttl", time.Minute, "pull-through: how long an upstream miss is remembered")
 	preset := presetFlag(fs)
+	level := zstdLevelFlag(fs, 1)
 	normalize := fs.Bool("normalize", true, "pull-through and uploads: normalize reference hashes before chunking (recorded per NAR)")
 	delta := fs.Bool("delta", false, "pull-through: delta-encode new chunks against the package's previous version (more CPU on the request path)")
 	readAhead := fs.Int("read-ahead", reassembly.DefaultReadAhead, "chunks fetched ahead of each NAR response")
@@ -78,7 +79,7 @@ func setupServe(fs *flag.FlagSet) runFunc {
 				return &exitError{code: 2, msg: err.Error()}
 			}
 		}
-		ix, chunks, err := env.openData(true)
+		ix, chunks, err := env.openData(true, *level)
 		if err != nil {
 			return err
 		}

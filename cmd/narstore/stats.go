@@ -13,7 +13,7 @@ import (
 func setupStats(fs *flag.FlagSet) runFunc {
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
 	return func(ctx context.Context, env *cmdEnv) error {
-		ix, _, err := env.openData(false)
+		ix, _, err := env.openData(false, 0)
 		if err != nil {
 			return err
 		}

@@ -17,7 +17,7 @@ import (
 func setupVerify(fs *flag.FlagSet) runFunc {
 	jobs := fs.Int("jobs", 2, "NARs verified in parallel")
 	return func(ctx context.Context, env *cmdEnv) error {
-		ix, chunks, err := env.openData(false)
+		ix, chunks, err := env.openData(false, 0)
 		if err != nil {
 			return err
 		}
