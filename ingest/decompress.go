@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+	"golang.org/x/sys/unix"
 )
 
 // ErrUnsupportedCompression means a narinfo names a compression narstore cannot decode.
@@ -98,6 +100,11 @@ func execDecoder(r io.Reader, name string, args ...string) (io.ReadCloser, error
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
+	}
+	if f, ok := out.(*os.File); ok {
+		// A 1 MiB pipe instead of 64 KiB: far fewer wake-ups between the
+		// decoder and us.
+		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
