@@ -502,6 +502,9 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 	if err := in.chunks.Store().Put(ctx, j.id, blob); err != nil {
 		return nil, err
 	}
+	if w.Encoding != store.EncZstdDelta { // Put keeps no reference to the blob
+		in.chunks.Recycle(blob)
+	}
 	in.Progress.NewChunks.Add(1)
 	in.Progress.NewStoredBytes.Add(int64(w.StoredSize))
 	return &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Base: w.Base, Depth: depth}, nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -57,6 +58,7 @@ type Chunks struct {
 	dec      *zstd.Decoder
 	level    zstd.EncoderLevel
 	maxDepth int
+	blobs    sync.Pool // *[]byte buffers for Encode
 }
 
 // DefaultLevel is the zstd level new chunks get unless configured. Measured
@@ -110,7 +112,14 @@ type Written struct {
 
 // Encode returns the blob for data: zstd, or raw when zstd does not shrink it.
 func (c *Chunks) Encode(data []byte) ([]byte, Written) {
-	blob := make([]byte, 2, 2+len(data)/2)
+	// Room for zstd's worst case, so EncodeAll never regrows the buffer.
+	need := 2 + len(data) + len(data)/128 + 64
+	var blob []byte
+	if p, ok := c.blobs.Get().(*[]byte); ok && cap(*p) >= need {
+		blob = (*p)[:2]
+	} else {
+		blob = make([]byte, 2, need)
+	}
 	blob[0] = blobVersion
 	blob = c.enc.EncodeAll(data, blob)
 	if len(blob)-2 >= len(data) {
@@ -121,6 +130,10 @@ func (c *Chunks) Encode(data []byte) ([]byte, Written) {
 	}
 	return blob, Written{Encoding: Encoding(blob[1]), StoredSize: len(blob)}
 }
+
+// Recycle hands a blob returned by Encode back for reuse once it has been
+// stored. Optional; the blob must not be used afterwards.
+func (c *Chunks) Recycle(blob []byte) { c.blobs.Put(&blob) }
 
 // EncodeDelta returns the blob for data compressed against base (the bytes of
 // chunk baseID). The caller decides whether it beats Encode by enough to keep.

@@ -39,6 +39,7 @@ type Store interface {
 	// Put stores blob under id, atomically: readers see all of it or nothing.
 	// Put is idempotent: content is addressed by id, so storing an id that is
 	// already present succeeds without rewriting it. Callers need no lock.
+	// Put keeps no reference to blob after it returns.
 	Put(ctx context.Context, id chunker.ID, blob []byte) error
 	// Delete removes the blob. Deleting a missing blob succeeds.
 	Delete(ctx context.Context, id chunker.ID) error

@@ -13,7 +13,8 @@ import (
 )
 
 // Run runs the suite. newLocker returns a Locker sharing state with every
-// other Locker it returns in the same test (as instances share a server).
+// other Locker it returns in the same test (as instances share a server); it
+// is called from the test's goroutine only.
 // ttl is the lease TTL to test with: expiry and renewal are checked against it.
 func Run(t *testing.T, newLocker func(t *testing.T) lock.Locker, ttl time.Duration) {
 	ctx := context.Background()
@@ -22,11 +23,14 @@ func Run(t *testing.T, newLocker func(t *testing.T) lock.Locker, ttl time.Durati
 	t.Run("MutualExclusionUnderContention", func(t *testing.T) {
 		var inside, maxInside, done atomic.Int32
 		var wg sync.WaitGroup
-		for i := range 6 {
+		lockers := make([]lock.Locker, 6)
+		for i := range lockers {
+			lockers[i] = newLocker(t)
+		}
+		for i, lk := range lockers {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				lk := newLocker(t)
 				for range 3 {
 					l, err := lk.Lock(ctx, key(t), ttl)
 					if err != nil {
