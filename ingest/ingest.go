@@ -281,7 +281,7 @@ func (in *Ingester) ingestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.
 		body: body, compression: compression, tee: tee, refs: refs, pname: narinfo.PName(ni.StorePath)}, res)
 	if err != nil {
 		in.Progress.NARsFailed.Add(1)
-		in.log.Warn("ingest failed", "store_path", ni.StorePath, "err", err)
+		in.log.Info("ingest failed", "store_path", ni.StorePath, "err", err)
 		return nil, err
 	}
 	if err := in.syncChunks(ctx, newChunks); err != nil {
