@@ -1,14 +1,9 @@
 package store_test
 
 import (
-	"context"
 	"os"
 	"strings"
 	"testing"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/narstore/narstore/internal/testservers"
 	"github.com/narstore/narstore/store"
@@ -21,29 +16,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var bucketSeq int
-
-// newBucket creates a fresh bucket on the test MinIO.
-func newBucket(t *testing.T, srv testservers.MinIOServer) string {
-	t.Helper()
-	bucketSeq++
-	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
-	if len(name) > 40 {
-		name = name[:40]
-	}
-	name = strings.Trim(name, "-") + "-" + string(rune('a'+bucketSeq%26)) + "x"
-	cli := s3.New(s3.Options{Region: "us-east-1", BaseEndpoint: aws.String(srv.Endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")})
-	if _, err := cli.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
-		t.Fatalf("create bucket %s: %v", name, err)
-	}
-	return name
-}
-
 func TestS3Conformance(t *testing.T) {
 	srv := testservers.MinIO(t)
 	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := store.OpenS3(t.Context(), store.S3Options{Bucket: newBucket(t, srv), Prefix: "cache1", Endpoint: srv.Endpoint,
+		s, err := store.OpenS3(t.Context(), store.S3Options{Bucket: srv.Bucket(t), Prefix: "cache1", Endpoint: srv.Endpoint,
 			PathStyle: true, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey})
 		if err != nil {
 			t.Fatal(err)

@@ -49,6 +49,8 @@ var commands = []command{
 // common holds the settings every command has.
 type common struct {
 	data       string
+	database   string
+	storage    string
 	configFile string
 	logLevel   string
 	printCfg   bool
@@ -66,6 +68,8 @@ type cmdEnv struct {
 
 func addCommon(fs *flag.FlagSet, c *common) {
 	fs.StringVar(&c.data, "data", "./narstore-data", "directory holding the embedded index (index.db) and chunk store (chunks/)")
+	fs.StringVar(&c.database, "database-url", "", "index database: a SQLite file path or postgres://user@host/db (default: DATA/index.db)")
+	fs.StringVar(&c.storage, "storage", "", "chunk store: a directory or s3://bucket/prefix?endpoint=…&region=…&path-style=true; S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the AWS chain (default: DATA/chunks)")
 	fs.StringVar(&c.configFile, "config", "", "optional config `FILE` of \"key = value\" lines (keys are flag names); flags and NARSTORE_* variables override it")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.printCfg, "print-config", false, "print the effective settings (secrets redacted) and exit")
@@ -173,27 +177,64 @@ func zstdLevelFlag(fs *flag.FlagSet, def int) *int {
 	return fs.Int("zstd-level", def, "zstd level (1-22) for new chunks; higher stores fewer bytes for more ingest CPU, read speed is unchanged")
 }
 
-// openData opens the embedded index and chunk store under --data.
+// openData opens the index (--database-url, default SQLite under --data) and
+// the chunk store (--storage, default a directory under --data).
 // level is the zstd level for new chunks (0: store.DefaultLevel).
-func (e *cmdEnv) openData(create bool, level int) (*index.SQLite, *store.Chunks, error) {
-	if !create {
-		if _, err := os.Stat(filepath.Join(e.data, "index.db")); err != nil {
-			return nil, nil, fmt.Errorf("no narstore data in %s (index.db missing): pass --data, or ingest something first", e.data)
+func (e *cmdEnv) openData(create bool, level int) (index.Index, *store.Chunks, error) {
+	ctx := context.Background()
+	var ix index.Index
+	switch db := e.database; {
+	case strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://"):
+		pg, err := index.OpenPostgres(ctx, db, nil)
+		if err != nil {
+			return nil, nil, err
 		}
+		ix = pg
+	default:
+		if db == "" {
+			db = filepath.Join(e.data, "index.db")
+		}
+		if !create {
+			if _, err := os.Stat(db); err != nil {
+				return nil, nil, fmt.Errorf("no narstore index at %s: pass --data or --database-url, or ingest something first", db)
+			}
+		}
+		if err := os.MkdirAll(filepath.Dir(db), 0o755); err != nil {
+			return nil, nil, fmt.Errorf("index directory: %w", err)
+		}
+		lite, err := index.OpenSQLite(db, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		ix = lite
 	}
-	if err := os.MkdirAll(e.data, 0o755); err != nil {
-		return nil, nil, fmt.Errorf("data directory: %w", err)
+	var st store.Store
+	switch {
+	case strings.HasPrefix(e.storage, "s3://"):
+		o, err := store.ParseS3URL(e.storage)
+		if err != nil {
+			ix.Close()
+			return nil, nil, err
+		}
+		s3, err := store.OpenS3(ctx, o)
+		if err != nil {
+			ix.Close()
+			return nil, nil, err
+		}
+		st = s3
+	default:
+		dir := e.storage
+		if dir == "" {
+			dir = filepath.Join(e.data, "chunks")
+		}
+		d, err := store.OpenDir(dir)
+		if err != nil {
+			ix.Close()
+			return nil, nil, err
+		}
+		st = d
 	}
-	ix, err := index.OpenSQLite(filepath.Join(e.data, "index.db"), nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	dir, err := store.OpenDir(filepath.Join(e.data, "chunks"))
-	if err != nil {
-		ix.Close()
-		return nil, nil, err
-	}
-	chunks, err := store.NewChunks(dir, store.ChunksOptions{Level: level})
+	chunks, err := store.NewChunks(st, store.ChunksOptions{Level: level})
 	if err != nil {
 		ix.Close()
 		return nil, nil, fmt.Errorf("--zstd-level: %w", err)

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/narstore/narstore/internal/nixtest"
+	"github.com/narstore/narstore/internal/testservers"
 )
 
 // narstore runs the command in-process and returns stdout, stderr and the exit code.
@@ -197,6 +200,7 @@ func TestMain(m *testing.M) {
 	if binPath != "" {
 		os.Remove(binPath)
 	}
+	testservers.StopAll()
 	os.Exit(code)
 }
 
@@ -253,5 +257,44 @@ func TestKilledMidIngestRecovers(t *testing.T) {
 	}
 	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
 		t.Fatalf("verify: %s %s", out, errs)
+	}
+}
+
+// The scale-out backends through the command: ingest into PostgreSQL + S3
+// (MinIO), then serve byte-exact NARs from them and verify.
+func TestIngestAndServeOnPostgresAndS3(t *testing.T) {
+	srv := testservers.MinIO(t)
+	dsn := testservers.Postgres(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	storage := "s3://" + srv.Bucket(t) + "/cache1?endpoint=" + srv.Endpoint + "&region=us-east-1&path-style=true"
+	cache, nis := closureCache(t)
+	data := t.TempDir()
+	common := []string{"--data", data, "--database-url", dsn, "--storage", storage}
+	args := append(append([]string{"ingest"}, common...), "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(), "--closure", nis[0].StorePath)
+	if _, errs, code := narstore(t, args...); code != 0 {
+		t.Fatalf("ingest: %s", errs)
+	}
+	if _, err := os.Stat(filepath.Join(data, "index.db")); err == nil {
+		t.Fatal("an embedded index was created although --database-url points at PostgreSQL")
+	}
+	out, errs, code := narstore(t, append([]string{"stats", "--json"}, common...)...)
+	if code != 0 || !strings.Contains(out, `"nars": 3`) {
+		t.Fatalf("stats: %s %s", out, errs)
+	}
+	if out, errs, code := narstore(t, append([]string{"verify"}, common...)...); code != 0 {
+		t.Fatalf("verify: %s %s", out, errs)
+	}
+	url := startServe(t, common...)
+	for _, ni := range nis {
+		resp, err := http.Get(url + "/nar/" + ni.NarHash32() + ".nar")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || sha256.Sum256(body) != ni.NarHash {
+			t.Fatalf("%s: status %d, %d bytes, err %v: not the NAR", ni.StorePath, resp.StatusCode, len(body), err)
+		}
 	}
 }

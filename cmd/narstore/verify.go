@@ -70,7 +70,7 @@ func setupVerify(fs *flag.FlagSet) runFunc {
 	}
 }
 
-func verifyNAR(ctx context.Context, ix *index.SQLite, src reassembly.ChunkSource, n *index.NAR) error {
+func verifyNAR(ctx context.Context, ix index.Index, src reassembly.ChunkSource, n *index.NAR) error {
 	full, err := ix.NAR(ctx, n.Hash)
 	if err != nil {
 		return err

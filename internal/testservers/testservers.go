@@ -156,3 +156,22 @@ func startMinIO(s *server, bin, user, pass string) error {
 	}
 	return fmt.Errorf("minio did not become healthy in 30s (log in %s)", dir)
 }
+
+// Bucket creates a fresh, empty bucket on the MinIO server.
+func (m MinIOServer) Bucket(t testing.TB) string {
+	t.Helper()
+	name := randomName("b-")
+	req, _ := http.NewRequest(http.MethodPut, m.Endpoint+"/"+name, nil)
+	if err := signV4(req, m.AccessKey, m.SecretKey); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("create bucket %s: %v", name, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("create bucket %s: %s", name, resp.Status)
+	}
+	return name
+}
