@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,7 @@ type Dir struct {
 	// NoSync makes Sync a no-op. Only for throwaway stores (bench); a crash
 	// may then lose blobs the index already names.
 	NoSync bool
+	made   sync.Map // fan-out directories known to exist
 }
 
 var (
@@ -104,9 +106,12 @@ func (d *Dir) Put(ctx context.Context, id chunker.ID, blob []byte) error {
 		return fmt.Errorf("put chunk %s: %w", id, err)
 	}
 	dir := filepath.Dir(final)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("put chunk %s: %w", id, err)
+	if _, ok := d.made.Load(dir); !ok {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("put chunk %s: %w", id, err)
+		}
+		d.made.Store(dir, struct{}{})
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		os.Remove(tmp)
