@@ -48,3 +48,25 @@ func TestPostgresDown(t *testing.T) {
 	defer lk.Close()
 	locktest.Unavailable(t, lk)
 }
+
+func TestRedis(t *testing.T) {
+	addr := testservers.Redis(t)
+	locktest.Run(t, func(t *testing.T) lock.Locker {
+		lk, err := lock.NewRedis(lock.RedisOptions{Addrs: []string{addr}, KeyPrefix: "test:" + t.Name() + ":",
+			Retry: lock.Retry{InitialDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(lk.Close)
+		return lk
+	}, 300*time.Millisecond)
+}
+
+func TestRedisDown(t *testing.T) {
+	lk, err := lock.NewRedis(lock.RedisOptions{Addrs: []string{"127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Close()
+	locktest.Unavailable(t, lk)
+}
