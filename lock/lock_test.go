@@ -70,3 +70,24 @@ func TestRedisDown(t *testing.T) {
 	defer lk.Close()
 	locktest.Unavailable(t, lk)
 }
+
+func TestMySQL(t *testing.T) {
+	dsn := testservers.MariaDB(t)
+	locktest.Run(t, func(t *testing.T) lock.Locker {
+		lk, err := lock.NewMySQL(dsn, lock.Retry{InitialDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(lk.Close)
+		return lk
+	}, 300*time.Millisecond)
+}
+
+func TestMySQLDown(t *testing.T) {
+	lk, err := lock.NewMySQL("root@tcp(127.0.0.1:1)/?timeout=1s", lock.Retry{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Close()
+	locktest.Unavailable(t, lk)
+}
