@@ -23,6 +23,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/lock"
 	"github.com/narstore/narstore/refnorm"
 	"github.com/narstore/narstore/store"
 )
@@ -68,6 +69,11 @@ type Options struct {
 	// MaxDeltaDepth bounds delta chains; 0 means store.DefaultMaxDeltaDepth.
 	// It must not exceed the depth readers accept.
 	MaxDeltaDepth int
+	// Locker, if set, makes "one ingest per NAR" hold across every instance
+	// sharing it: a download starts only under the NAR's lock, and a NAR that
+	// another instance finished meanwhile is not downloaded again.
+	Locker  lock.Locker
+	LockTTL time.Duration // lease TTL (renewed while the ingest runs); 0 means 30s
 }
 
 // Progress counts work as it happens; read it from any goroutine.
@@ -120,6 +126,9 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	}
 	if o.MaxDeltaDepth <= 0 {
 		o.MaxDeltaDepth = store.DefaultMaxDeltaDepth
+	}
+	if o.LockTTL <= 0 {
+		o.LockTTL = 30 * time.Second
 	}
 	log := o.Logger
 	if log == nil {
@@ -244,6 +253,44 @@ func (in *Ingester) UpstreamNarInfo(ctx context.Context, h string) (*narinfo.Nar
 // tee is not nil, the NAR bytes are written to it as they are verified-in-
 // progress (the final verdict is this method's error).
 func (in *Ingester) IngestFromUpstream(ctx context.Context, ni *narinfo.NarInfo, tee io.Writer) (*Result, error) {
+	if in.opts.Locker == nil {
+		return in.downloadAndIngest(ctx, ni, tee)
+	}
+	lease, err := in.opts.Locker.Lock(ctx, "nar/"+ni.NarHash32(), in.opts.LockTTL)
+	if err != nil {
+		return nil, fmt.Errorf("NAR for %s: take the ingest lock: %w", ni.StorePath, err)
+	}
+	defer lease.Unlock(context.WithoutCancel(ctx))
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-lease.Lost():
+			cancel(fmt.Errorf("ingest lock lost: %w", lock.ErrNotHeld))
+		case <-ctx.Done():
+		}
+	}()
+	// Another instance may have ingested it while we waited for the lock.
+	if ok, err := in.ix.HasNAR(ctx, ni.NarHash); err != nil {
+		return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
+	} else if ok {
+		if tee != nil {
+			return nil, fmt.Errorf("NAR for %s was ingested by another instance: %w", ni.StorePath, ErrIngestedElsewhere)
+		}
+		if err := in.ix.AddNarInfo(ctx, ni); err != nil {
+			return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
+		}
+		in.Progress.NARsSkipped.Add(1)
+		return &Result{StorePath: ni.StorePath, References: ni.References, Skipped: true, NarSize: ni.NarSize}, nil
+	}
+	return in.downloadAndIngest(ctx, ni, tee)
+}
+
+// ErrIngestedElsewhere means another instance stored the NAR while this one
+// waited for its lock; the caller can serve it from the index.
+var ErrIngestedElsewhere = errors.New("NAR ingested by another instance")
+
+func (in *Ingester) downloadAndIngest(ctx context.Context, ni *narinfo.NarInfo, tee io.Writer) (*Result, error) {
 	body, err := in.up.NAR(ctx, ni)
 	if err != nil {
 		hint := "the upstream lost it or the narinfo URL is wrong"

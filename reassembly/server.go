@@ -626,6 +626,11 @@ func (s *Server) servePullThrough(w http.ResponseWriter, r *http.Request, ni *na
 
 	first := make([]byte, 64<<10)
 	m, err := io.ReadAtLeast(rd, first, 1)
+	if errors.Is(err, ingest.ErrIngestedElsewhere) {
+		// Another instance stored it while this one waited for the lock.
+		s.serveNAR(w, r, ni.NarHash32()+".nar")
+		return
+	}
 	if err != nil {
 		s.log.Warn("pull-through not servable", "store_path", ni.StorePath, "err", err)
 		if errors.Is(err, ingest.ErrNotFound) {
