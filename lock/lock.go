@@ -43,19 +43,20 @@ type Lease interface {
 	Unlock(ctx context.Context) error
 }
 
-// Retry configures waiting in Lock.
+// Retry configures Lock. Errors reaching the lock server are retried
+// MaxAttempts times in all; a lock held by someone else is waited for until
+// ctx ends (its holder may be ingesting a multi-GB NAR). Delays grow
+// exponentially from InitialDelay to MaxDelay, with full jitter.
 type Retry struct {
-	MaxAttempts  int           // 0 means unlimited (until ctx ends)
+	MaxAttempts  int           // 0 means 3
 	InitialDelay time.Duration // 0 means 100ms
 	MaxDelay     time.Duration // 0 means 2s
 }
 
-// ErrTimeout means Lock gave up after Retry.MaxAttempts.
-var ErrTimeout = errors.New("lock still held by another holder")
-
-// lockWithRetry implements Lock on top of TryLock: exponential backoff with
-// full jitter between attempts.
 func lockWithRetry(ctx context.Context, try func() (Lease, bool, error), r Retry) (Lease, error) {
+	if r.MaxAttempts <= 0 {
+		r.MaxAttempts = 3
+	}
 	if r.InitialDelay <= 0 {
 		r.InitialDelay = 100 * time.Millisecond
 	}
@@ -63,16 +64,17 @@ func lockWithRetry(ctx context.Context, try func() (Lease, bool, error), r Retry
 		r.MaxDelay = 2 * time.Second
 	}
 	delay := r.InitialDelay
-	for attempt := 1; ; attempt++ {
+	failures := 0
+	for {
 		l, ok, err := try()
-		if err != nil {
-			return nil, err
-		}
-		if ok {
+		switch {
+		case err != nil:
+			failures++
+			if failures >= r.MaxAttempts || !errors.Is(err, ErrUnavailable) {
+				return nil, err
+			}
+		case ok:
 			return l, nil
-		}
-		if r.MaxAttempts > 0 && attempt >= r.MaxAttempts {
-			return nil, ErrTimeout
 		}
 		select {
 		case <-ctx.Done():

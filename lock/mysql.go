@@ -90,3 +90,11 @@ func (l *mysqlLease) Abandon() {
 	l.ren.halt()
 	l.conn.Raw(func(any) error { return driver.ErrBadConn }) // the pool discards the session
 }
+
+// Check pings the server; unreachable Is ErrUnavailable.
+func (m *MySQL) Check(ctx context.Context) error {
+	if err := m.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("mysql locks: %v: %w", err, ErrUnavailable)
+	}
+	return nil
+}

@@ -103,3 +103,11 @@ func (l *pgLease) Abandon() {
 	l.ren.halt()
 	l.conn.Conn().Close(context.Background())
 }
+
+// Check pings the server; unreachable Is ErrUnavailable.
+func (p *Postgres) Check(ctx context.Context) error {
+	if err := p.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("postgres locks: %v: %w", err, ErrUnavailable)
+	}
+	return nil
+}

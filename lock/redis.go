@@ -121,3 +121,13 @@ func (l *redisLease) Unlock(ctx context.Context) error {
 
 // Abandon stops renewing without unlocking, as a crashed holder would. For tests.
 func (l *redisLease) Abandon() { l.ren.halt() }
+
+// Check pings every server; an unreachable one Is ErrUnavailable.
+func (r *Redis) Check(ctx context.Context) error {
+	for i, c := range r.clients {
+		if err := c.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis %s: %v: %w", r.o.Addrs[i], err, ErrUnavailable)
+		}
+	}
+	return nil
+}

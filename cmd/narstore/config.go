@@ -20,7 +20,7 @@ func (s *stringList) Set(v string) error {
 }
 
 // secretFlags are never printed in full.
-var secretFlags = map[string]bool{"redis-password": true, "upload-password": true, "upload-token": true}
+var secretFlags = map[string]bool{"redis-password": true, "upload-password": true, "upload-token": true, "mysql-dsn": true, "database-url": true}
 
 // envName maps a flag name to its environment variable: data -> NARSTORE_DATA.
 func envName(flagName string) string {

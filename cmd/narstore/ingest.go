@@ -25,6 +25,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 	pathsFile := fs.String("paths", "", "file of store paths, one per line (plain or .xz, like a channel's store-paths.xz); - for stdin")
 	closure := fs.Bool("closure", false, "also ingest every path the given paths reference, recursively")
 	preset := presetFlag(fs)
+	locks := lockFlags(fs)
 	level := zstdLevelFlag(fs, 3)
 	jobs := fs.Int("jobs", 4, "NARs ingested in parallel")
 	workers := fs.Int("chunk-workers", 0, "chunk compress/store workers per NAR (0: one per CPU)")
@@ -72,9 +73,14 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 			return err
 		}
 		defer ix.Close()
+		locker, closeLocker, err := locks.open(ctx, env.database)
+		if err != nil {
+			return err
+		}
+		defer closeLocker()
 		in, err := ingest.New(up, ix, chunks, ingest.Options{
 			Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Jobs: *jobs, ChunkWorkers: *workers,
-			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta,
+			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta, Locker: locker, LockTTL: locks.ttl,
 		})
 		if err != nil {
 			return err

@@ -129,6 +129,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "not-a-path"}, "not a store path"},
 		{[]string{"stats", "--data", filepath.Join(data, "nothing")}, "ingest something first"},
 		{[]string{"frobnicate"}, "unknown command"},
+		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "--lock-backend", "zookeeper", "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x"}, "want local, redis, postgres or mysql"},
+		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "--lock-backend", "postgres", "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x"}, "set --database-url postgres://"},
+		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "--lock-backend", "redis", "--lock-retry-initial", "1ms", "--redis-addr", "127.0.0.1:1", "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x"}, "lock service unavailable"},
 	} {
 		_, errs, code := narstore(t, tc.args...)
 		if code == 0 || !strings.Contains(errs, tc.want) {
@@ -271,7 +274,8 @@ func TestIngestAndServeOnPostgresAndS3(t *testing.T) {
 	cache, nis := closureCache(t)
 	data := t.TempDir()
 	common := []string{"--data", data, "--database-url", dsn, "--storage", storage}
-	args := append(append([]string{"ingest"}, common...), "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(), "--closure", nis[0].StorePath)
+	lockArgs := []string{"--lock-backend", "postgres"}
+	args := append(append(append([]string{"ingest"}, common...), lockArgs...), "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(), "--closure", nis[0].StorePath)
 	if _, errs, code := narstore(t, args...); code != 0 {
 		t.Fatalf("ingest: %s", errs)
 	}
@@ -285,7 +289,7 @@ func TestIngestAndServeOnPostgresAndS3(t *testing.T) {
 	if out, errs, code := narstore(t, append([]string{"verify"}, common...)...); code != 0 {
 		t.Fatalf("verify: %s %s", out, errs)
 	}
-	url := startServe(t, common...)
+	url := startServe(t, append(common, lockArgs...)...)
 	for _, ni := range nis {
 		resp, err := http.Get(url + "/nar/" + ni.NarHash32() + ".nar")
 		if err != nil {

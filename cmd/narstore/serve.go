@@ -30,6 +30,7 @@ func setupServe(fs *flag.FlagSet) runFunc {
 	allowUntrusted := fs.Bool("allow-untrusted", false, "pull-through: accept upstream narinfos that no trusted key signed")
 	negTTL := fs.Duration("negative-ttl", time.Minute, "pull-through: how long an upstream miss is remembered")
 	preset := presetFlag(fs)
+	locks := lockFlags(fs)
 	level := zstdLevelFlag(fs, 1)
 	normalize := fs.Bool("normalize", true, "pull-through and uploads: normalize reference hashes before chunking (recorded per NAR)")
 	delta := fs.Bool("delta", false, "pull-through: delta-encode new chunks against the package's previous version (more CPU on the request path)")
@@ -84,8 +85,13 @@ func setupServe(fs *flag.FlagSet) runFunc {
 			return err
 		}
 		defer ix.Close()
+		locker, closeLocker, err := locks.open(ctx, env.database)
+		if err != nil {
+			return err
+		}
+		defer closeLocker()
 		in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Logger: env.log,
-			Normalize: *normalize, Delta: *delta})
+			Normalize: *normalize, Delta: *delta, Locker: locker, LockTTL: locks.ttl})
 		if err != nil {
 			return err
 		}

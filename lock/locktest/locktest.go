@@ -131,12 +131,15 @@ func Run(t *testing.T, newLocker func(t *testing.T) lock.Locker, ttl time.Durati
 	})
 }
 
-// Unavailable checks that a Locker whose server is down says so clearly.
+// Unavailable checks that a Locker whose server is down says so clearly,
+// from TryLock at once and from Lock after its retries.
 func Unavailable(t *testing.T, lk lock.Locker) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, _, err := lk.TryLock(ctx, "locktest/down", time.Second)
-	if !errors.Is(err, lock.ErrUnavailable) {
-		t.Fatalf("lock server down: got %v, want ErrUnavailable", err)
+	if _, _, err := lk.TryLock(ctx, "locktest/down", time.Second); !errors.Is(err, lock.ErrUnavailable) {
+		t.Fatalf("lock server down: TryLock gave %v, want ErrUnavailable", err)
+	}
+	if _, err := lk.Lock(ctx, "locktest/down", time.Second); !errors.Is(err, lock.ErrUnavailable) {
+		t.Fatalf("lock server down: Lock gave %v, want ErrUnavailable after its retries", err)
 	}
 }
