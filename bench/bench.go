@@ -193,15 +193,6 @@ func RunAll(ctx context.Context, o Options) (*Result, error) {
 	return &Result{Rows: rows, Packages: pkgs}, nil
 }
 
-func compressionOf(name string) (string, bool) {
-	for ext, c := range map[string]string{".nar": "none", ".nar.xz": "xz", ".nar.zst": "zstd", ".nar.bz2": "bzip2"} {
-		if strings.HasSuffix(name, ext) {
-			return c, true
-		}
-	}
-	return "", false
-}
-
 func baseOf(file string) string {
 	b := filepath.Base(file)
 	return b[:strings.Index(b, ".nar")]
@@ -265,7 +256,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 				continue
 			}
 			seen[base] = true
-			comp, ok := compressionOf(f)
+			comp, ok := ingest.CompressionOfFile(f)
 			if !ok {
 				return nil, nil, fmt.Errorf("%s: not a .nar, .nar.xz, .nar.zst or .nar.bz2 file", f)
 			}

@@ -2,7 +2,6 @@ package index_test
 
 import (
 	"context"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -12,11 +11,7 @@ import (
 	"github.com/narstore/narstore/internal/testservers"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testservers.StopAll()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testservers.Main(m) }
 
 func TestPostgresConformance(t *testing.T) {
 	indextest.Run(t, func(t *testing.T) index.Index {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,17 @@ const (
 )
 
 var xzPath = sync.OnceValue(func() string { p, _ := exec.LookPath("xz"); return p })
+
+// CompressionOfFile returns the compression a NAR file name implies, as Nix
+// names them: .nar, .nar.xz, .nar.zst, .nar.bz2 (false for anything else).
+func CompressionOfFile(name string) (string, bool) {
+	for _, x := range []struct{ ext, comp string }{{".nar", "none"}, {".nar.xz", "xz"}, {".nar.zst", "zstd"}, {".nar.bz2", "bzip2"}} {
+		if strings.HasSuffix(name, x.ext) {
+			return x.comp, true
+		}
+	}
+	return "", false
+}
 
 // Decompress wraps r in a decoder for compression (none, xz, zstd, bzip2).
 // Errors from the decoder wrap ErrDecompress. Closing the result does not

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/internal/nixtest"
@@ -116,18 +115,11 @@ func TestNormalizedAndDeltaNARsAreByteExact(t *testing.T) {
 	}
 	// v2 is stored partly as deltas against v1, and smaller than plain.
 	nar2, _ := e.ix.NAR(t.Context(), vs[2].ni.NarHash)
-	var ids []chunker.ID
-	for _, c := range nar2.Chunks {
-		ids = append(ids, c.ID)
-	}
-	recs, _ := e.ix.Chunks(t.Context(), ids)
-	deltas := 0
-	for _, c := range recs {
-		if c.Encoding == uint8(store.EncZstdDelta) {
-			deltas++
-			if c.Base.IsZero() || c.Depth == 0 {
-				t.Errorf("delta chunk %s without base or depth", c.ID)
-			}
+	dcs := deltaChunks(t, e.ix, nar2)
+	deltas := len(dcs)
+	for _, c := range dcs {
+		if c.Base.IsZero() || c.Depth == 0 {
+			t.Errorf("delta chunk %s without base or depth", c.ID)
 		}
 	}
 	if deltas == 0 {
@@ -147,21 +139,11 @@ func TestDeltaBaseMissingOrCorruptFailsClosed(t *testing.T) {
 			vs := publish(t, e)
 			ingestAll(t, e, vs, func(o *ingest.Options) { o.Delta = true })
 			nar2, _ := e.ix.NAR(t.Context(), vs[2].ni.NarHash)
-			var ids []chunker.ID
-			for _, c := range nar2.Chunks {
-				ids = append(ids, c.ID)
-			}
-			recs, _ := e.ix.Chunks(t.Context(), ids)
-			var base chunker.ID
-			for _, c := range recs {
-				if c.Encoding == uint8(store.EncZstdDelta) {
-					base = c.Base
-					break
-				}
-			}
-			if base.IsZero() {
+			dcs := deltaChunks(t, e.ix, nar2)
+			if len(dcs) == 0 {
 				t.Fatal("no delta chunk")
 			}
+			base := dcs[0].Base
 			if damage == "missing" {
 				e.dir.Delete(t.Context(), base)
 			} else {

@@ -210,16 +210,27 @@ func (in *Ingester) ingestPath(ctx context.Context, h string) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := in.ix.HasNAR(ctx, ni.NarHash); err != nil {
-		return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
-	} else if ok {
-		if err := in.ix.AddNarInfo(ctx, ni); err != nil {
-			return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
-		}
-		in.Progress.NARsSkipped.Add(1)
-		return &Result{StorePath: ni.StorePath, References: ni.References, Skipped: true, NarSize: ni.NarSize}, nil
+	if res, err := in.recordIfStored(ctx, ni); res != nil || err != nil {
+		return res, err
 	}
 	return in.IngestFromUpstream(ctx, ni, nil)
+}
+
+// recordIfStored records ni and reports a skipped result when its NAR is
+// already stored; (nil, nil) when it is not.
+func (in *Ingester) recordIfStored(ctx context.Context, ni *narinfo.NarInfo) (*Result, error) {
+	ok, err := in.ix.HasNAR(ctx, ni.NarHash)
+	if err != nil || !ok {
+		if err != nil {
+			err = fmt.Errorf("%s: %w", ni.StorePath, err)
+		}
+		return nil, err
+	}
+	if err := in.ix.AddNarInfo(ctx, ni); err != nil {
+		return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
+	}
+	in.Progress.NARsSkipped.Add(1)
+	return &Result{StorePath: ni.StorePath, References: ni.References, Skipped: true, NarSize: ni.NarSize}, nil
 }
 
 // HasUpstream reports whether an upstream is configured.
@@ -271,17 +282,12 @@ func (in *Ingester) IngestFromUpstream(ctx context.Context, ni *narinfo.NarInfo,
 		}
 	}()
 	// Another instance may have ingested it while we waited for the lock.
-	if ok, err := in.ix.HasNAR(ctx, ni.NarHash); err != nil {
-		return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
-	} else if ok {
-		if tee != nil {
-			return nil, fmt.Errorf("NAR for %s was ingested by another instance: %w", ni.StorePath, ErrIngestedElsewhere)
-		}
-		if err := in.ix.AddNarInfo(ctx, ni); err != nil {
-			return nil, fmt.Errorf("%s: %w", ni.StorePath, err)
-		}
-		in.Progress.NARsSkipped.Add(1)
-		return &Result{StorePath: ni.StorePath, References: ni.References, Skipped: true, NarSize: ni.NarSize}, nil
+	if res, err := in.recordIfStored(ctx, ni); err != nil {
+		return nil, err
+	} else if res != nil && tee != nil {
+		return nil, fmt.Errorf("NAR for %s was ingested by another instance: %w", ni.StorePath, ErrIngestedElsewhere)
+	} else if res != nil {
+		return res, nil
 	}
 	return in.downloadAndIngest(ctx, ni, tee)
 }

@@ -2,7 +2,6 @@ package lock_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -11,11 +10,7 @@ import (
 	"github.com/narstore/narstore/lock/locktest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testservers.StopAll()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testservers.Main(m) }
 
 func TestLocal(t *testing.T) {
 	var shared *lock.Local

@@ -675,17 +675,6 @@ func (s *Server) authorized(r *http.Request) bool {
 	return s.o.UploadToken == "" && s.o.UploadUser == ""
 }
 
-var uploadCompression = map[string]string{".nar": "none", ".nar.xz": "xz", ".nar.zst": "zstd", ".nar.bz2": "bzip2"}
-
-func compressionOf(name string) (string, bool) {
-	for ext, c := range uploadCompression {
-		if strings.HasSuffix(name, ext) {
-			return c, true
-		}
-	}
-	return "", false
-}
-
 func (s *Server) servePut(w http.ResponseWriter, r *http.Request) {
 	if !s.o.Uploads || s.in == nil {
 		http.Error(w, "uploads are disabled on this narstore (serve --allow-uploads)", http.StatusMethodNotAllowed)
@@ -702,7 +691,7 @@ func (s *Server) servePut(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, io.LimitReader(r.Body, 4096))
 		w.WriteHeader(http.StatusNoContent)
 	case strings.HasPrefix(p, "/nar/"):
-		comp, ok := compressionOf(p)
+		comp, ok := ingest.CompressionOfFile(p)
 		if !ok {
 			http.Error(w, "unsupported NAR compression: upload with compression=none, xz, zstd or bzip2", http.StatusUnsupportedMediaType)
 			return

@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"os"
 	"strings"
 	"testing"
 
@@ -10,11 +9,7 @@ import (
 	"github.com/narstore/narstore/store/storetest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testservers.StopAll()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testservers.Main(m) }
 
 func TestS3Conformance(t *testing.T) {
 	srv := testservers.MinIO(t)

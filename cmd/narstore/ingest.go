@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ulikunitz/xz"
-
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
@@ -68,16 +66,11 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return &exitError{code: 2, msg: err.Error()}
 		}
-		ix, chunks, err := env.openData(true, *level)
+		ix, chunks, locker, closeAll, err := env.openWithLocks(ctx, *level, locks)
 		if err != nil {
 			return err
 		}
-		defer ix.Close()
-		locker, closeLocker, err := locks.open(ctx, env.database)
-		if err != nil {
-			return err
-		}
-		defer closeLocker()
+		defer closeAll()
 		in, err := ingest.New(up, ix, chunks, ingest.Options{
 			Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Jobs: *jobs, ChunkWorkers: *workers,
 			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta, Locker: locker, LockTTL: locks.ttl,
@@ -139,10 +132,11 @@ func readPathsFile(name string) ([]string, error) {
 		defer f.Close()
 		r = f
 		if strings.HasSuffix(name, ".xz") {
-			xr, err := xz.NewReader(f)
+			xr, err := ingest.Decompress(f, "xz", ingest.XZAuto)
 			if err != nil {
 				return nil, fmt.Errorf("--paths %s: %v", name, err)
 			}
+			defer xr.Close()
 			r = xr
 		}
 	}

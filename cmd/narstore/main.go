@@ -17,6 +17,7 @@ import (
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/lock"
 	"github.com/narstore/narstore/store"
 )
 
@@ -240,6 +241,20 @@ func (e *cmdEnv) openData(create bool, level int) (index.Index, *store.Chunks, e
 		return nil, nil, fmt.Errorf("--zstd-level: %w", err)
 	}
 	return ix, chunks, nil
+}
+
+// openWithLocks is openData plus the cross-instance locker; closeAll closes both.
+func (e *cmdEnv) openWithLocks(ctx context.Context, level int, locks *lockConfig) (index.Index, *store.Chunks, lock.Locker, func(), error) {
+	ix, chunks, err := e.openData(true, level)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	locker, closeLocker, err := locks.open(ctx, e.database)
+	if err != nil {
+		ix.Close()
+		return nil, nil, nil, nil, err
+	}
+	return ix, chunks, locker, func() { closeLocker(); ix.Close() }, nil
 }
 
 func presetFlag(fs *flag.FlagSet) *string {

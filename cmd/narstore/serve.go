@@ -80,16 +80,11 @@ func setupServe(fs *flag.FlagSet) runFunc {
 				return &exitError{code: 2, msg: err.Error()}
 			}
 		}
-		ix, chunks, err := env.openData(true, *level)
+		ix, chunks, locker, closeAll, err := env.openWithLocks(ctx, *level, locks)
 		if err != nil {
 			return err
 		}
-		defer ix.Close()
-		locker, closeLocker, err := locks.open(ctx, env.database)
-		if err != nil {
-			return err
-		}
-		defer closeLocker()
+		defer closeAll()
 		in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Logger: env.log,
 			Normalize: *normalize, Delta: *delta, Locker: locker, LockTTL: locks.ttl})
 		if err != nil {

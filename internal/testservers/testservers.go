@@ -175,3 +175,11 @@ func (m MinIOServer) Bucket(t testing.TB) string {
 	}
 	return name
 }
+
+// Main runs a package's tests and stops the servers they started. Use it as
+// func TestMain(m *testing.M) { testservers.Main(m) }.
+func Main(m *testing.M) {
+	code := m.Run()
+	StopAll()
+	os.Exit(code)
+}
