@@ -13,6 +13,9 @@ package index
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
+	"time"
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/internal/narinfo"
@@ -60,6 +63,10 @@ type Chunk struct {
 	Depth      uint8      // delta steps to a plain chunk: 0 plain, Base's depth+1 otherwise
 }
 
+// PendingTTL is how long a pending narinfo is kept when its NAR is never
+// fetched.
+const PendingTTL = 24 * time.Hour
+
 // Stats summarises the index.
 type Stats struct {
 	NarInfos     int64  `json:"narinfos"`
@@ -103,8 +110,23 @@ type Index interface {
 	WalkNARs(ctx context.Context, fn func(nar *NAR) error) error
 	// StorePaths lists the store paths whose narinfo points at the NAR.
 	StorePaths(ctx context.Context, narHash [32]byte) ([]string, error)
+	// AddPending records an upstream narinfo (already checked as trusted by
+	// the caller) whose NAR is not stored yet, so that every instance sharing
+	// the index can pull that NAR through. Commit of a narinfo for the NAR
+	// removes it; entries older than PendingTTL are pruned.
+	AddPending(ctx context.Context, ni *narinfo.NarInfo) error
+	// Pending returns the pending narinfo for a NAR hash, or ErrNotFound.
+	Pending(ctx context.Context, narHash [32]byte) (*narinfo.NarInfo, error)
 	// Stats summarises the index.
 	Stats(ctx context.Context) (Stats, error)
 	// Close releases the backend.
 	Close() error
+}
+
+func parsePending(text string) (*narinfo.NarInfo, error) {
+	ni, err := narinfo.Parse(strings.NewReader(text))
+	if err != nil {
+		return nil, fmt.Errorf("pending narinfo: %w", err)
+	}
+	return ni, nil
 }

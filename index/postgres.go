@@ -289,7 +289,11 @@ func (p *Postgres) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, ne
 			}
 		}
 		if ni != nil {
-			return pgUpsertNarInfo(ctx, tx, ni, now)
+			if err := pgUpsertNarInfo(ctx, tx, ni, now); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `DELETE FROM pending_narinfos WHERE nar_hash = $1`, nar.Hash[:])
+			return err
 		}
 		return nil
 	})
@@ -424,4 +428,36 @@ func (p *Postgres) Stats(ctx context.Context) (Stats, error) {
 		Scan(&st.NarInfos, &st.NARs, &nb, &up, &st.Chunks, &cb, &sb)
 	st.NARBytes, st.UpstreamSize, st.ChunkBytes, st.StoredBytes = uint64(nb), uint64(up), uint64(cb), uint64(sb)
 	return st, err
+}
+
+// AddPending implements Index.
+func (p *Postgres) AddPending(ctx context.Context, ni *narinfo.NarInfo) error {
+	now := p.now()
+	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM pending_narinfos WHERE created_at < $1`, now.Add(-PendingTTL).Unix()); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO pending_narinfos (nar_hash, hash_part, narinfo, created_at) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (nar_hash) DO UPDATE SET hash_part = excluded.hash_part, narinfo = excluded.narinfo, created_at = excluded.created_at`,
+			ni.NarHash[:], ni.HashPart(), ni.String(), now.Unix())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("record pending %s: %w", ni.StorePath, err)
+	}
+	return nil
+}
+
+// Pending implements Index.
+func (p *Postgres) Pending(ctx context.Context, narHash [32]byte) (*narinfo.NarInfo, error) {
+	var text string
+	err := p.pool.QueryRow(ctx, `SELECT narinfo FROM pending_narinfos WHERE nar_hash = $1 AND created_at >= $2`,
+		narHash[:], p.now().Add(-PendingTTL).Unix()).Scan(&text)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pending narinfo: %w", err)
+	}
+	return parsePending(text)
 }

@@ -253,6 +253,9 @@ func (s *SQLite) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, newC
 		if err := upsertNarInfo(ctx, tx, ni, now); err != nil {
 			return fmt.Errorf("commit %s: %w", what, err)
 		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM pending_narinfos WHERE nar_hash = ?`, nar.Hash[:]); err != nil {
+			return fmt.Errorf("commit %s: %w", what, err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit %s: %w", what, err)
@@ -487,4 +490,37 @@ func (s *SQLite) Footprint(ctx context.Context) (Footprint, error) {
 	}
 	f.Bytes = pages * size
 	return f, nil
+}
+
+// AddPending implements Index.
+func (s *SQLite) AddPending(ctx context.Context, ni *narinfo.NarInfo) error {
+	now := s.now()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("record pending %s: %w", ni.StorePath, err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM pending_narinfos WHERE created_at < ?`, now.Add(-PendingTTL).Unix()); err != nil {
+		return fmt.Errorf("record pending %s: %w", ni.StorePath, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO pending_narinfos (nar_hash, hash_part, narinfo, created_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (nar_hash) DO UPDATE SET hash_part = excluded.hash_part, narinfo = excluded.narinfo, created_at = excluded.created_at`,
+		ni.NarHash[:], ni.HashPart(), ni.String(), now.Unix()); err != nil {
+		return fmt.Errorf("record pending %s: %w", ni.StorePath, err)
+	}
+	return tx.Commit()
+}
+
+// Pending implements Index.
+func (s *SQLite) Pending(ctx context.Context, narHash [32]byte) (*narinfo.NarInfo, error) {
+	var text string
+	err := s.db.QueryRowContext(ctx, `SELECT narinfo FROM pending_narinfos WHERE nar_hash = ? AND created_at >= ?`,
+		narHash[:], s.now().Add(-PendingTTL).Unix()).Scan(&text)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pending narinfo: %w", err)
+	}
+	return parsePending(text)
 }

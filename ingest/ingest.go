@@ -264,6 +264,11 @@ func (in *Ingester) UpstreamNarInfo(ctx context.Context, h string) (*narinfo.Nar
 // tee is not nil, the NAR bytes are written to it as they are verified-in-
 // progress (the final verdict is this method's error).
 func (in *Ingester) IngestFromUpstream(ctx context.Context, ni *narinfo.NarInfo, tee io.Writer) (*Result, error) {
+	// ni may come from the shared index (pull-through announced by another
+	// instance): trust is checked here, not assumed.
+	if err := in.checkTrust(ni); err != nil {
+		return nil, err
+	}
 	if in.opts.Locker == nil {
 		return in.downloadAndIngest(ctx, ni, tee)
 	}

@@ -32,6 +32,8 @@ type Index interface {
 	NAR(ctx context.Context, narHash [32]byte) (*index.NAR, error)
 	HasNAR(ctx context.Context, narHash [32]byte) (bool, error)
 	AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error
+	AddPending(ctx context.Context, ni *narinfo.NarInfo) error
+	Pending(ctx context.Context, narHash [32]byte) (*narinfo.NarInfo, error)
 }
 
 // Ingester is what the server needs for pull-through and uploads.
@@ -112,6 +114,9 @@ type metrics struct {
 }
 
 const maxPending = 100_000
+
+// errIndexUnavailable marks index failures, answered with 503, never 404.
+var errIndexUnavailable = errors.New("index unavailable")
 
 // NewServer returns a server. cache is the chunk source; in may be nil.
 func NewServer(ix Index, cache *Cache, in Ingester, o Options) *Server {
@@ -272,8 +277,15 @@ func (s *Server) serveNarInfo(w http.ResponseWriter, r *http.Request, h string) 
 	ni, err := s.ix.NarInfo(r.Context(), h)
 	if errors.Is(err, index.ErrNotFound) {
 		ni, err = s.pullNarInfo(r.Context(), h)
+	} else if err != nil {
+		err = fmt.Errorf("%w: %w", errIndexUnavailable, err)
 	}
 	switch {
+	case errors.Is(err, errIndexUnavailable):
+		// Not a 404: Nix would remember the path as missing.
+		s.log.Error("narinfo", "hash", h, "err", err)
+		http.Error(w, "index unavailable, try again", http.StatusServiceUnavailable)
+		return
 	case errors.Is(err, ingest.ErrNotFound), errors.Is(err, index.ErrNotFound):
 		w.Header().Set("Cache-Control", "no-store")
 		http.NotFound(w, r)
@@ -339,6 +351,12 @@ func (s *Server) pullNarInfo(ctx context.Context, h string) (*narinfo.NarInfo, e
 		}
 	}
 	l.ni, l.err = s.in.UpstreamNarInfo(context.WithoutCancel(ctx), h)
+	if l.err == nil {
+		// Shared through the index, so the NAR request may reach any instance.
+		if err := s.ix.AddPending(context.WithoutCancel(ctx), l.ni); err != nil {
+			l.ni, l.err = nil, fmt.Errorf("%w: %w", errIndexUnavailable, err)
+		}
+	}
 	s.mu.Lock()
 	delete(s.lookups, h)
 	switch {
@@ -401,6 +419,15 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, name string) {
 		s.mu.Lock()
 		ni := s.pending[hash]
 		s.mu.Unlock()
+		if ni == nil && s.in != nil && s.in.HasUpstream() {
+			// Announced by another instance sharing the index?
+			ni, err = s.ix.Pending(ctx, hash)
+			if err != nil && !errors.Is(err, index.ErrNotFound) {
+				s.log.Error("pending lookup", "nar_hash", narinfo.FormatHash(hash), "err", err)
+				http.Error(w, "index unavailable", http.StatusServiceUnavailable)
+				return
+			}
+		}
 		if ni != nil && s.in != nil {
 			s.servePullThrough(w, r, ni)
 			return

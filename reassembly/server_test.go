@@ -454,6 +454,50 @@ func TestPullThrough(t *testing.T) {
 	}
 }
 
+// Behind a load balancer the narinfo and the NAR request reach different
+// instances: the pending narinfo is shared through the index.
+func TestPullThroughNARRequestOnAnotherInstance(t *testing.T) {
+	f := newFixture(t, fixOpts{})
+	srvUp, nars, _ := upstreamServer(t, f.cache.Dir, nil)
+	g := newFixture(t, fixOpts{upstream: srvUp.URL})
+	nar := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/net/url"))
+	ni := f.cache.Add(t, nixtest.Path{Name: "url", NAR: nar, Compression: "xz"})
+	ni.Sigs = nil
+	ni.Sign(g.cache.SecretKey)
+	f.cache.WriteNarInfo(t, ni)
+
+	// A second instance over the same index and store, with its own memory.
+	up, _ := ingest.NewUpstream(srvUp.URL, ingest.UpstreamOptions{Delay: 1})
+	p, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	in2, _ := ingest.New(up, g.ix, g.chunks, ingest.Options{Preset: p, Keys: narinfo.PublicKeys{g.cache.PublicKey}})
+	srv2 := reassembly.NewServer(g.ix, reassembly.NewCache(g.chunks, 0), in2, reassembly.Options{SpoolDir: t.TempDir()})
+	h2 := httptest.NewServer(srv2.Handler())
+	defer func() { h2.Close(); srv2.Close(context.Background()) }()
+
+	if resp, err := http.Get(h2.URL + narPath(ni)); err != nil || resp.StatusCode != 404 {
+		t.Fatalf("NAR before any narinfo request: %v %v, want 404", err, resp)
+	}
+	if resp, _, err := g.get("/" + ni.HashPart() + ".narinfo"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("narinfo: %v %v", err, resp)
+	}
+	resp, err := http.Get(h2.URL + narPath(ni))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || !bytes.Equal(body, nar) {
+		t.Fatalf("NAR from the other instance: %d, %d bytes, %v", resp.StatusCode, len(body), err)
+	}
+	if n := nars.Load(); n != 1 {
+		t.Errorf("%d upstream NAR downloads, want 1", n)
+	}
+	srv2.Close(context.Background())
+	if ok, _ := g.ix.HasNAR(t.Context(), ni.NarHash); !ok {
+		t.Error("NAR not ingested")
+	}
+}
+
 func TestPullThroughBadUpstreamNARNeverDeliveredWhole(t *testing.T) {
 	f := newFixture(t, fixOpts{})
 	srvUp, _, _ := upstreamServer(t, f.cache.Dir, nil)
@@ -539,7 +583,14 @@ func TestHealthAndMetrics(t *testing.T) {
 	if resp, body, _ := f.get("/healthz"); resp.StatusCode != 200 || string(body) != "ok\n" {
 		t.Errorf("healthz %d %q", resp.StatusCode, body)
 	}
-	_, body, _ := f.get("/metrics")
+	// The request counter is bumped after the handler returns, which can be
+	// just after the client has read the whole body.
+	var body []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, body, _ = f.get("/metrics"); strings.Contains(string(body), `route="nar"} 2`) {
+			break
+		}
+	}
 	for _, want := range []string{`narstore_http_requests_total{code="200",route="nar"} 2`, "narstore_nar_bytes_served_total", "narstore_chunk_cache_hits_total", "narstore_ingest_errors_total"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)

@@ -227,6 +227,42 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 	})
 
+	t.Run("PendingNarInfos", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("pulled", 2, 100)
+		ni.References = []string{ni.StorePath[11:]}
+		ni.Sigs = []string{"a-1:" + sig(1)}
+		ni.FileHash, ni.FileSize = "sha256:"+nixbase32.EncodeToString(make([]byte, 32)), 42
+		if _, err := ix.Pending(ctx, nar.Hash); !errors.Is(err, index.ErrNotFound) {
+			t.Fatalf("Pending before AddPending: %v, want ErrNotFound", err)
+		}
+		for range 2 { // idempotent
+			if err := ix.AddPending(ctx, ni); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := ix.Pending(ctx, nar.Hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, ni) {
+			t.Errorf("pending round trip:\n got %+v\nwant %+v", got, ni)
+		}
+		// Recording only the NAR keeps it pending (its narinfo is not recorded yet).
+		if err := ix.Commit(ctx, nil, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ix.Pending(ctx, nar.Hash); err != nil {
+			t.Errorf("Pending after a NAR-only commit: %v", err)
+		}
+		if err := ix.Commit(ctx, ni, nar, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ix.Pending(ctx, nar.Hash); !errors.Is(err, index.ErrNotFound) {
+			t.Errorf("Pending after its narinfo was committed: %v, want ErrNotFound", err)
+		}
+	})
+
 	t.Run("ConcurrentCommitsOfSameNAR", func(t *testing.T) {
 		ix := newIdx(t)
 		ni, nar, chunks := Fixture("race", 50, 100)
