@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -89,9 +90,14 @@ type Server struct {
 	uploads  map[string]uploaded           // upload URL path -> NAR it carried
 	lookups  map[string]*narinfoLookup     // hash part -> in-flight upstream narinfo fetch
 
-	zenc sync.Pool
-	m    metrics
+	zenc     sync.Pool
+	m        metrics
+	draining atomic.Bool
 }
+
+// Drain makes /healthz answer 503 so that load balancers take this instance
+// out of rotation; every other route keeps working.
+func (s *Server) Drain() { s.draining.Store(true) }
 
 type uploaded struct {
 	hash [32]byte
@@ -242,6 +248,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	switch {
 	case p == "/healthz":
+		if s.draining.Load() {
+			// Shutting down: load balancers stop sending new requests.
+			sw.Header().Set("Connection", "close")
+			http.Error(sw, "draining", http.StatusServiceUnavailable)
+			return
+		}
 		io.WriteString(sw, "ok\n")
 	case p == "/metrics":
 		promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}).ServeHTTP(sw, r)

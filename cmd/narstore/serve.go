@@ -44,6 +44,7 @@ func setupServe(fs *flag.FlagSet) runFunc {
 	anon := fs.Bool("allow-anonymous-uploads", false, "allow uploads without credentials")
 	maxUpload := fs.Uint64("max-upload-size", 64<<30, "largest uploaded NAR, uncompressed bytes")
 	shutdown := fs.Duration("shutdown-timeout", 5*time.Minute, "on SIGTERM, how long in-flight downloads may take to finish")
+	drain := fs.Duration("drain-delay", 0, "on SIGTERM, first answer /healthz with 503 for this long while still serving, so a load balancer stops routing here before the listener closes")
 	return func(ctx context.Context, env *cmdEnv) error {
 		p, err := chunker.LookupPreset(*preset)
 		if err != nil {
@@ -117,6 +118,15 @@ func setupServe(fs *flag.FlagSet) runFunc {
 		case err := <-errc:
 			return err
 		case <-ctx.Done():
+		}
+		if *drain > 0 {
+			fmt.Fprintf(env.stderr, "narstore: draining for %s (/healthz answers 503)\n", *drain)
+			srv.Drain()
+			select {
+			case err := <-errc:
+				return err
+			case <-time.After(*drain):
+			}
 		}
 		fmt.Fprintf(env.stderr, "narstore: shutting down, letting in-flight downloads finish (up to %s)\n", *shutdown)
 		sctx, cancel := context.WithTimeout(context.Background(), *shutdown)
