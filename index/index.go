@@ -106,7 +106,10 @@ type Index interface {
 	Predecessor(ctx context.Context, pname string) (*NAR, error)
 	// Chunks returns the records of the given chunks; a missing one has a zero ID.
 	Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error)
-	// WalkNARs calls fn for every NAR (without its chunk list), in no order.
+	// WalkNARs calls fn for every NAR (without its chunk list), oldest
+	// first: in the order they were recorded, to the second, and within a
+	// second in package-lineage order (so a copy keeps each package's
+	// newest NAR newest).
 	WalkNARs(ctx context.Context, fn func(nar *NAR) error) error
 	// StorePaths lists the store paths whose narinfo points at the NAR.
 	StorePaths(ctx context.Context, narHash [32]byte) ([]string, error)

@@ -407,7 +407,8 @@ func (s *SQLite) AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error {
 
 // WalkNARs implements Index.
 func (s *SQLite) WalkNARs(ctx context.Context, fn func(*NAR) error) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+narCols+` FROM nars`)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+qualified(narCols, "nars")+` FROM nars LEFT JOIN (SELECT nar_hash AS lineage_hash, min(seq) AS lineage_seq FROM nar_names GROUP BY nar_hash) lineage
+		ON lineage.lineage_hash = nars.nar_hash ORDER BY nars.created_at, lineage.lineage_seq`)
 	if err != nil {
 		return err
 	}
@@ -523,4 +524,13 @@ func (s *SQLite) Pending(ctx context.Context, narHash [32]byte) (*narinfo.NarInf
 		return nil, fmt.Errorf("pending narinfo: %w", err)
 	}
 	return parsePending(text)
+}
+
+// qualified prefixes each of a comma-separated column list with table.
+func qualified(cols, table string) string {
+	parts := strings.Split(cols, ",")
+	for i, c := range parts {
+		parts[i] = table + "." + strings.TrimSpace(c)
+	}
+	return strings.Join(parts, ", ")
 }

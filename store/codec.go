@@ -292,6 +292,20 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 	return data, nil
 }
 
+// Blob returns chunk id's stored blob as it is, after checking that it
+// decodes to bytes hashing to id (bases loaded through base, or Get if nil).
+// Copying blobs keeps their encoding, so a copy costs no recompression.
+func (c *Chunks) Blob(ctx context.Context, id chunker.ID, base BaseFunc) ([]byte, error) {
+	blob, err := c.readBlob(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.decode(ctx, id, blob, base, 0); err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return blob, nil
+}
+
 // Chunk is Get under the name reassembly's ChunkSource uses.
 func (c *Chunks) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) { return c.Get(ctx, id) }
 

@@ -44,6 +44,7 @@ var commands = []command{
 	{"stats", "stats [--json]", "show stored NARs, chunks, bytes and dedup ratios", setupStats},
 	{"verify", "verify", "re-read every stored NAR from its chunks and check its NarHash", setupVerify},
 	{"bench", "bench --bumps DIR1,DIR2,... --out OUTDIR [--presets ...] [--levels ...]", "sweep chunker presets and zstd levels over channel bumps: stored bytes, objects, costs, throughput", setupBench},
+	{"migrate", "migrate --to-database-url URL --to-storage URL", "copy this cache (index and chunks) into another, e.g. SQLite + directory to PostgreSQL + S3; resumable", setupMigrate},
 	{"serve", "serve [flags]", "serve the store as a Nix binary cache (substituter), optionally pulling through from an upstream", setupServe},
 }
 
@@ -182,9 +183,15 @@ func zstdLevelFlag(fs *flag.FlagSet, def int) *int {
 // the chunk store (--storage, default a directory under --data).
 // level is the zstd level for new chunks (0: store.DefaultLevel).
 func (e *cmdEnv) openData(create bool, level int) (index.Index, *store.Chunks, error) {
+	return openBackends(e.data, e.database, e.storage, create, level)
+}
+
+// openBackends opens an index and chunk store; database and storage default
+// to data/index.db and data/chunks.
+func openBackends(data, database, storage string, create bool, level int) (index.Index, *store.Chunks, error) {
 	ctx := context.Background()
 	var ix index.Index
-	switch db := e.database; {
+	switch db := database; {
 	case strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://"):
 		pg, err := index.OpenPostgres(ctx, db, nil)
 		if err != nil {
@@ -193,7 +200,7 @@ func (e *cmdEnv) openData(create bool, level int) (index.Index, *store.Chunks, e
 		ix = pg
 	default:
 		if db == "" {
-			db = filepath.Join(e.data, "index.db")
+			db = filepath.Join(data, "index.db")
 		}
 		if !create {
 			if _, err := os.Stat(db); err != nil {
@@ -211,8 +218,8 @@ func (e *cmdEnv) openData(create bool, level int) (index.Index, *store.Chunks, e
 	}
 	var st store.Store
 	switch {
-	case strings.HasPrefix(e.storage, "s3://"):
-		o, err := store.ParseS3URL(e.storage)
+	case strings.HasPrefix(storage, "s3://"):
+		o, err := store.ParseS3URL(storage)
 		if err != nil {
 			ix.Close()
 			return nil, nil, err
@@ -224,9 +231,9 @@ func (e *cmdEnv) openData(create bool, level int) (index.Index, *store.Chunks, e
 		}
 		st = s3
 	default:
-		dir := e.storage
+		dir := storage
 		if dir == "" {
-			dir = filepath.Join(e.data, "chunks")
+			dir = filepath.Join(data, "chunks")
 		}
 		d, err := store.OpenDir(dir)
 		if err != nil {

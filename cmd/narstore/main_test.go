@@ -302,3 +302,50 @@ func TestIngestAndServeOnPostgresAndS3(t *testing.T) {
 		}
 	}
 }
+
+// migrate copies an embedded cache to PostgreSQL + S3; a second run copies
+// nothing; the copy verifies and serves.
+func TestMigrateCommand(t *testing.T) {
+	srv := testservers.MinIO(t)
+	dsn := testservers.Postgres(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	storage := "s3://" + srv.Bucket(t) + "/moved?endpoint=" + srv.Endpoint + "&region=us-east-1&path-style=true"
+	cache, nis := closureCache(t)
+	data := t.TempDir()
+	if _, errs, code := narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(), "--closure", nis[0].StorePath); code != 0 {
+		t.Fatalf("ingest: %s", errs)
+	}
+	if _, errs, code := narstore(t, "migrate", "--data", data); code != 2 || !strings.Contains(errs, "--to-database-url") {
+		t.Fatalf("migrate without a destination: %d %s", code, errs)
+	}
+	out, errs, code := narstore(t, "migrate", "--data", data, "--to-database-url", dsn, "--to-storage", storage)
+	if code != 0 || !strings.Contains(out, "3 copied now") {
+		t.Fatalf("migrate: %d %s %s", code, out, errs)
+	}
+	out, errs, code = narstore(t, "migrate", "--data", data, "--to-database-url", dsn, "--to-storage", storage)
+	if code != 0 || !strings.Contains(out, "0 copied now") || !strings.Contains(out, "0 chunks") {
+		t.Fatalf("second migrate: %d %s %s", code, out, errs)
+	}
+	dest := []string{"--data", t.TempDir(), "--database-url", dsn, "--storage", storage}
+	if out, errs, code := narstore(t, append([]string{"verify"}, dest...)...); code != 0 {
+		t.Fatalf("verify the copy: %s %s", out, errs)
+	}
+	src, _, _ := narstore(t, "stats", "--json", "--data", data)
+	dst, _, _ := narstore(t, append([]string{"stats", "--json"}, dest...)...)
+	if src != dst {
+		t.Errorf("stats differ:\nsource %s\ncopy   %s", src, dst)
+	}
+	url := startServe(t, dest...)
+	for _, ni := range nis {
+		resp, err := http.Get(url + "/nar/" + ni.NarHash32() + ".nar")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || sha256.Sum256(body) != ni.NarHash {
+			t.Fatalf("%s from the copy: status %d, %d bytes: not the NAR", ni.StorePath, resp.StatusCode, len(body))
+		}
+	}
+}

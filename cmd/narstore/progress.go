@@ -19,19 +19,24 @@ func isTerminal(w io.Writer) bool {
 
 // startProgress redraws one status line on w until the returned func is called.
 func startProgress(w io.Writer, mode string, p *ingest.Progress, start time.Time) func() {
+	return startStatusLine(w, mode, func() {
+		el := time.Since(start).Seconds()
+		b := p.NARBytes.Load()
+		fmt.Fprintf(w, "\r\033[K%d/%d NARs (%d already stored, %d failed)  %s NAR  %s from upstream  %.1f MB/s",
+			p.NARsDone.Load()+p.NARsSkipped.Load(), p.NARsTotal.Load(), p.NARsSkipped.Load(), p.NARsFailed.Load(),
+			human(uint64(b)), human(uint64(p.UpstreamBytes.Load())), float64(b)/1e6/max(el, 0.001))
+	})
+}
+
+// startStatusLine calls draw (which redraws one line) every 250ms, on a
+// terminal or when mode is "always", until the returned func is called.
+func startStatusLine(w io.Writer, mode string, draw func()) func() {
 	if mode == "never" || (mode != "always" && !isTerminal(w)) {
 		return func() {}
 	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
-	draw := func() {
-		el := time.Since(start).Seconds()
-		b := p.NARBytes.Load()
-		fmt.Fprintf(w, "\r\033[K%d/%d NARs (%d already stored, %d failed)  %s NAR  %s from upstream  %.1f MB/s",
-			p.NARsDone.Load()+p.NARsSkipped.Load(), p.NARsTotal.Load(), p.NARsSkipped.Load(), p.NARsFailed.Load(),
-			human(uint64(b)), human(uint64(p.UpstreamBytes.Load())), float64(b)/1e6/max(el, 0.001))
-	}
 	go func() {
 		defer wg.Done()
 		t := time.NewTicker(250 * time.Millisecond)

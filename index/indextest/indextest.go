@@ -263,6 +263,26 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 	})
 
+	t.Run("WalkNARsOldestFirst", func(t *testing.T) {
+		ix := newIdx(t)
+		var want [][32]byte
+		for _, name := range []string{"zeta-1.0", "alpha-1.0", "zeta-2.0", "mid-1.0", "alpha-2.0"} {
+			ni, nar, chunks := Fixture(name, 1, 10)
+			nar.PName = narinfo.PName(ni.StorePath)
+			if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, nar.Hash)
+		}
+		var got [][32]byte
+		if err := ix.WalkNARs(ctx, func(n *index.NAR) error { got = append(got, n.Hash); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("WalkNARs order is not the commit order")
+		}
+	})
+
 	t.Run("ConcurrentCommitsOfSameNAR", func(t *testing.T) {
 		ix := newIdx(t)
 		ni, nar, chunks := Fixture("race", 50, 100)
