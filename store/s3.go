@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -54,6 +57,44 @@ type S3 struct {
 	client *s3.Client
 	bucket string
 	prefix string
+	reqs   *requestCounter
+}
+
+// S3Requests counts HTTP requests sent to S3, retries included.
+type S3Requests struct {
+	Get, Put, Head, List, Delete, Other int64
+}
+
+// Total is the sum of all requests.
+func (r S3Requests) Total() int64 { return r.Get + r.Put + r.Head + r.List + r.Delete + r.Other }
+
+// Requests returns how many requests this store has sent so far.
+func (s *S3) Requests() S3Requests {
+	c := s.reqs
+	return S3Requests{Get: c.get.Load(), Put: c.put.Load(), Head: c.head.Load(), List: c.list.Load(), Delete: c.del.Load(), Other: c.other.Load()}
+}
+
+type requestCounter struct {
+	next                             aws.HTTPClient
+	get, put, head, list, del, other atomic.Int64
+}
+
+func (c *requestCounter) Do(r *http.Request) (*http.Response, error) {
+	switch {
+	case r.Method == http.MethodGet && r.URL.Query().Has("list-type"):
+		c.list.Add(1)
+	case r.Method == http.MethodGet:
+		c.get.Add(1)
+	case r.Method == http.MethodPut:
+		c.put.Add(1)
+	case r.Method == http.MethodHead:
+		c.head.Add(1)
+	case r.Method == http.MethodDelete:
+		c.del.Add(1)
+	default:
+		c.other.Add(1)
+	}
+	return c.next.Do(r)
 }
 
 var _ Store = (*S3)(nil)
@@ -79,7 +120,9 @@ func OpenS3(ctx context.Context, o S3Options) (*S3, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 config: %w", err)
 	}
+	reqs := &requestCounter{next: awshttp.NewBuildableClient()}
 	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
+		so.HTTPClient = reqs
 		if o.Endpoint != "" {
 			so.BaseEndpoint = aws.String(o.Endpoint)
 		}
@@ -89,7 +132,7 @@ func OpenS3(ctx context.Context, o S3Options) (*S3, error) {
 	if prefix != "" {
 		prefix += "/"
 	}
-	s := &S3{client: client, bucket: o.Bucket, prefix: prefix}
+	s := &S3{client: client, bucket: o.Bucket, prefix: prefix, reqs: reqs}
 	if _, err := client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(o.Bucket)}); err != nil {
 		return nil, fmt.Errorf("s3 bucket %q at %s is not reachable (check the bucket name, endpoint, region and credentials): %w", o.Bucket, orAWS(o.Endpoint), err)
 	}

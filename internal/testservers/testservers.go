@@ -161,15 +161,24 @@ func startMinIO(s *server, bin, user, pass string) error {
 func (m MinIOServer) Bucket(t testing.TB) string {
 	t.Helper()
 	name := randomName("b-")
-	req, _ := http.NewRequest(http.MethodPut, m.Endpoint+"/"+name, nil)
-	if err := signV4(req, m.AccessKey, m.SecretKey); err != nil {
-		t.Fatal(err)
+	var resp *http.Response
+	// A MinIO that just went live may answer 503 for a moment while it
+	// initializes.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		req, _ := http.NewRequest(http.MethodPut, m.Endpoint+"/"+name, nil)
+		if err := signV4(req, m.AccessKey, m.SecretKey); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("create bucket %s: %v", name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			break
+		}
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("create bucket %s: %v", name, err)
-	}
-	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("create bucket %s: %s", name, resp.Status)
 	}
