@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
@@ -25,7 +26,40 @@ type Cache struct {
 	bytes   int64
 	loading map[chunker.ID]*load
 
+	// present remembers chunks recently seen stored (checked or loaded), so
+	// a hot NAR does not pay a presence check (an S3 HEAD) per chunk on
+	// every request. Two generations: an ID is forgotten after one to two
+	// presentTTLs, or sooner when a generation fills up.
+	present, presentOld map[chunker.ID]struct{}
+	presentSince        time.Time
+
 	Hits, Misses atomic.Int64
+}
+
+const (
+	presentTTL = 10 * time.Minute
+	presentMax = 1 << 20 // IDs per generation (about 50 MB at most)
+)
+
+func (c *Cache) markPresentLocked(id chunker.ID) {
+	if now := time.Now(); len(c.present) >= presentMax || now.Sub(c.presentSince) > presentTTL {
+		c.presentOld, c.present, c.presentSince = c.present, make(map[chunker.ID]struct{}), now
+	}
+	c.present[id] = struct{}{}
+}
+
+func (c *Cache) knownPresentLocked(id chunker.ID) bool {
+	if _, ok := c.entries[id]; ok {
+		return true
+	}
+	if time.Since(c.presentSince) > 2*presentTTL {
+		return false
+	}
+	_, ok := c.present[id]
+	if !ok {
+		_, ok = c.presentOld[id]
+	}
+	return ok
 }
 
 type cacheEntry struct {
@@ -41,7 +75,8 @@ type load struct {
 
 // NewCache returns a cache holding at most maxBytes of chunk data; 0 disables caching.
 func NewCache(c *store.Chunks, maxBytes int64) *Cache {
-	return &Cache{chunks: c, maxBytes: maxBytes, lru: list.New(), entries: map[chunker.ID]*list.Element{}, loading: map[chunker.ID]*load{}}
+	return &Cache{chunks: c, maxBytes: maxBytes, lru: list.New(), entries: map[chunker.ID]*list.Element{}, loading: map[chunker.ID]*load{},
+		present: map[chunker.ID]struct{}{}, presentSince: time.Now()}
 }
 
 // Chunk implements ChunkSource.
@@ -73,6 +108,9 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	l.data, l.err = c.chunks.GetWith(context.WithoutCancel(ctx), id, c.Chunk)
 	c.mu.Lock()
 	delete(c.loading, id)
+	if l.err == nil {
+		c.markPresentLocked(id)
+	}
 	if l.err == nil && c.maxBytes > 0 && int64(len(l.data)) <= c.maxBytes/4 {
 		c.entries[id] = c.lru.PushFront(&cacheEntry{id: id, data: l.data})
 		c.bytes += int64(len(l.data))
@@ -97,43 +135,59 @@ func (c *Cache) Bytes() int64 {
 }
 
 // CheckPresent reports the first of chunks (in order) whose blob is not
-// stored, as an error that Is store.ErrNotFound. Cached chunks are not
-// checked again. It reads no chunk data.
+// stored, as an error that Is store.ErrNotFound. Chunks cached, or seen
+// stored in the last minutes, are not checked again. It reads no chunk data.
 func (c *Cache) CheckPresent(ctx context.Context, chunks []index.ChunkRef) error {
-	const parallel = 16 // remote stores answer Has in milliseconds
-	sem := make(chan struct{}, parallel)
-	errs := make([]error, len(chunks))
-	var wg sync.WaitGroup
+	var ids []chunker.ID
 	seen := make(map[chunker.ID]bool, len(chunks))
-	for i, ref := range chunks {
-		if seen[ref.ID] {
-			continue
+	c.mu.Lock()
+	for _, ref := range chunks {
+		if !seen[ref.ID] && !c.knownPresentLocked(ref.ID) {
+			ids = append(ids, ref.ID)
 		}
 		seen[ref.ID] = true
-		c.mu.Lock()
-		_, cached := c.entries[ref.ID]
-		c.mu.Unlock()
-		if cached {
-			continue
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			ok, err := c.chunks.Store().Has(ctx, ref.ID)
-			switch {
-			case err != nil:
-				errs[i] = err
-			case !ok:
-				errs[i] = fmt.Errorf("chunk %s: %w", ref.ID, store.ErrNotFound)
-			}
-		}()
 	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
+	c.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	st := c.chunks.Store()
+	var has []bool
+	if bh, ok := st.(store.BatchHaser); ok {
+		var err error
+		if has, err = bh.HasMany(ctx, ids); err != nil {
 			return err
 		}
+	} else {
+		const parallel = 16 // remote stores answer Has in milliseconds
+		has = make([]bool, len(ids))
+		errs := make([]error, len(ids))
+		sem := make(chan struct{}, parallel)
+		var wg sync.WaitGroup
+		for i, id := range ids {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				has[i], errs[i] = st.Has(ctx, id)
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return err
+			}
+		}
 	}
-	return nil
+	var missing error
+	c.mu.Lock()
+	for i, id := range ids {
+		if has[i] {
+			c.markPresentLocked(id)
+		} else if missing == nil {
+			missing = fmt.Errorf("chunk %s: %w", id, store.ErrNotFound)
+		}
+	}
+	c.mu.Unlock()
+	return missing
 }

@@ -48,6 +48,12 @@ type Reader struct {
 	want    [32]byte
 	left    int // chunks not yet delivered
 	narHash string
+
+	// taken is closed once the first bytes went to the consumer: read-ahead
+	// waits for it, so that the first chunk does not share the CPU with
+	// decoding the next ones (time to first byte).
+	taken     chan struct{}
+	takenOnce sync.Once
 }
 
 type fetched struct {
@@ -88,7 +94,8 @@ func NewReader(ctx context.Context, src ChunkSource, nar *index.NAR, off, n int6
 		return nil, fmt.Errorf("NAR %s was stored with transform %q, which this narstore does not know: upgrade narstore", narinfo.FormatHash(nar.Hash), nar.Transform)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	r := &Reader{ctx: ctx, cancel: cancel, queue: make(chan chan fetched, o.ReadAhead-1), narHash: narinfo.FormatHash(nar.Hash)}
+	r := &Reader{ctx: ctx, cancel: cancel, queue: make(chan chan fetched, o.ReadAhead-1), narHash: narinfo.FormatHash(nar.Hash),
+		taken: make(chan struct{})}
 	if off == 0 && n == size {
 		r.h = sha256.New()
 		r.want = nar.Hash
@@ -122,7 +129,6 @@ func NewReader(ctx context.Context, src ChunkSource, nar *index.NAR, off, n int6
 			case <-ctx.Done():
 				return
 			}
-			firstDone := make(chan struct{})
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
@@ -130,7 +136,6 @@ func NewReader(ctx context.Context, src ChunkSource, nar *index.NAR, off, n int6
 				if err == nil && len(data) != int(c.Size) {
 					err = fmt.Errorf("chunk %s has %d bytes, index says %d: %w", c.ID, len(data), c.Size, store.ErrCorrupt)
 				}
-				close(firstDone)
 				if err != nil {
 					f <- fetched{err: err}
 					return
@@ -143,10 +148,11 @@ func NewReader(ctx context.Context, src ChunkSource, nar *index.NAR, off, n int6
 				f <- fetched{data: piece}
 			}()
 			if i == first {
-				// Time to first byte: let the first chunk load alone
-				// before read-ahead competes with it for CPU and I/O.
+				// Time to first byte: let the first chunk load, and its
+				// first bytes go out, before read-ahead competes with it
+				// for CPU and I/O.
 				select {
-				case <-firstDone:
+				case <-r.taken:
 				case <-ctx.Done():
 					return
 				}
@@ -178,21 +184,26 @@ func (r *Reader) Read(p []byte) (int, error) {
 			continue
 		}
 		r.left--
-		if r.h != nil {
+		if r.h != nil && r.left == 0 {
+			// The last chunk: nothing of it goes out before the whole NAR
+			// is known to match its NarHash.
 			r.h.Write(res.data)
-			if r.left == 0 {
-				var got [32]byte
-				copy(got[:], r.h.Sum(nil))
-				if got != r.want {
-					r.err = fmt.Errorf("%w: want %s, got %s", ErrNarHash, r.narHash, narinfo.FormatHash(got))
-					continue
-				}
+			var got [32]byte
+			copy(got[:], r.h.Sum(nil))
+			if got != r.want {
+				r.err = fmt.Errorf("%w: want %s, got %s", ErrNarHash, r.narHash, narinfo.FormatHash(got))
+				continue
 			}
+			r.h = nil
 		}
 		r.cur = res.data
 	}
 	n := copy(p, r.cur)
+	if r.h != nil {
+		r.h.Write(r.cur[:n]) // hashed as it goes out
+	}
 	r.cur = r.cur[n:]
+	r.takenOnce.Do(func() { close(r.taken) })
 	return n, nil
 }
 

@@ -476,19 +476,23 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, name string) {
 		s.writeNARHeaders(w, size, off, n, partial, useZstd)
 		return
 	}
-	if err := s.cache.CheckPresent(ctx, chunksInRange(nar.Chunks, off, n)); err != nil {
-		s.chunkFailure(w, nar, err)
-		return
-	}
+	// Fail closed: every chunk must be present and the first bytes in hand
+	// before any header goes out. The presence check runs while the first
+	// chunk loads.
+	present := make(chan error, 1)
+	go func() { present <- s.cache.CheckPresent(ctx, chunksInRange(nar.Chunks, off, n)) }()
 	rd, err := NewReader(ctx, s.cache, nar, off, n, ReaderOptions{ReadAhead: s.o.ReadAhead})
 	if err != nil {
+		<-present
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	defer rd.Close()
-	// Fail closed: the first bytes must be in hand before any header goes out.
 	first := make([]byte, 64<<10)
 	m, err := io.ReadAtLeast(rd, first, 1)
+	if perr := <-present; perr != nil {
+		err = perr // the missing chunk is the better explanation
+	}
 	if err != nil && !(err == io.EOF && n == 0) {
 		s.chunkFailure(w, nar, err)
 		return

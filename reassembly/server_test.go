@@ -203,6 +203,18 @@ func TestNARFullRangeAndHead(t *testing.T) {
 	if resp.Header.Get("Content-Length") != fmt.Sprint(len(nar)) || resp.Header.Get("Accept-Ranges") != "bytes" || resp.Header.Get("Content-Encoding") != "" {
 		t.Errorf("headers %v", resp.Header)
 	}
+	// The first GET checked every chunk's presence (no chunk cache here);
+	// a second one trusts what it saw moments ago: no Has per chunk again.
+	if f.cs.has.Load() == 0 {
+		t.Error("first GET made no presence check")
+	}
+	hasBefore := f.cs.has.Load()
+	if resp, body, _ := f.get(narPath(ni)); resp.StatusCode != 200 || !bytes.Equal(body, nar) {
+		t.Fatalf("second GET: %d", resp.StatusCode)
+	}
+	if n := f.cs.has.Load() - hasBefore; n != 0 {
+		t.Errorf("second GET made %d presence checks", n)
+	}
 
 	stored, _ := f.ix.NAR(t.Context(), ni.NarHash)
 	if len(stored.Chunks) < 4 {

@@ -89,6 +89,23 @@ func (d *Dir) Has(ctx context.Context, id chunker.ID) (bool, error) {
 	return true, nil
 }
 
+// HasMany implements BatchHaser: one stat after another, which on a local
+// filesystem beats spreading them over goroutines.
+func (d *Dir) HasMany(ctx context.Context, ids []chunker.ID) ([]bool, error) {
+	out := make([]bool, len(ids))
+	for i, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		ok, err := d.Has(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = ok
+	}
+	return out, nil
+}
+
 // Put implements Store.
 func (d *Dir) Put(ctx context.Context, id chunker.ID, blob []byte) error {
 	if err := ctx.Err(); err != nil {

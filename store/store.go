@@ -55,3 +55,10 @@ type Store interface {
 type Syncer interface {
 	Sync(ctx context.Context) error
 }
+
+// BatchHaser is implemented by stores that answer many Has calls faster in
+// one go than in parallel calls (a local directory: sequential stats beat
+// goroutines). Callers fall back to parallel Has calls.
+type BatchHaser interface {
+	HasMany(ctx context.Context, ids []chunker.ID) ([]bool, error)
+}
