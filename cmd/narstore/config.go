@@ -20,7 +20,8 @@ func (s *stringList) Set(v string) error {
 }
 
 // secretFlags are never printed in full.
-var secretFlags = map[string]bool{"redis-password": true, "upload-password": true, "upload-token": true, "mysql-dsn": true, "database-url": true}
+var secretFlags = map[string]bool{"redis-password": true, "upload-password": true, "upload-token": true, "mysql-dsn": true, "database-url": true,
+	"to-database-url": true, "s3-secret-access-key": true}
 
 // envName maps a flag name to its environment variable: data -> NARSTORE_DATA.
 func envName(flagName string) string {

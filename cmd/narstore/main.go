@@ -56,6 +56,8 @@ type common struct {
 	configFile string
 	logLevel   string
 	printCfg   bool
+	s3Key      string
+	s3Secret   string
 }
 
 // cmdEnv is what a running command gets.
@@ -72,6 +74,8 @@ func addCommon(fs *flag.FlagSet, c *common) {
 	fs.StringVar(&c.data, "data", "./narstore-data", "directory holding the embedded index (index.db) and chunk store (chunks/)")
 	fs.StringVar(&c.database, "database-url", "", "index database: a SQLite file path or postgres://user@host/db (default: DATA/index.db)")
 	fs.StringVar(&c.storage, "storage", "", "chunk store: a directory or s3://bucket/prefix?endpoint=…&region=…&path-style=true; S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the AWS chain (default: DATA/chunks)")
+	fs.StringVar(&c.s3Key, "s3-access-key-id", "", "S3 access key for s3:// storage (default: AWS_ACCESS_KEY_ID or the AWS credential chain)")
+	fs.StringVar(&c.s3Secret, "s3-secret-access-key", "", "S3 secret key, with --s3-access-key-id")
 	fs.StringVar(&c.configFile, "config", "", "optional config `FILE` of \"key = value\" lines (keys are flag names); flags and NARSTORE_* variables override it")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.printCfg, "print-config", false, "print the effective settings (secrets redacted) and exit")
@@ -183,12 +187,13 @@ func zstdLevelFlag(fs *flag.FlagSet, def int) *int {
 // the chunk store (--storage, default a directory under --data).
 // level is the zstd level for new chunks (0: store.DefaultLevel).
 func (e *cmdEnv) openData(create bool, level int) (index.Index, *store.Chunks, error) {
-	return openBackends(e.data, e.database, e.storage, create, level)
+	return e.openBackends(e.database, e.storage, create, level)
 }
 
 // openBackends opens an index and chunk store; database and storage default
-// to data/index.db and data/chunks.
-func openBackends(data, database, storage string, create bool, level int) (index.Index, *store.Chunks, error) {
+// to DATA/index.db and DATA/chunks.
+func (e *cmdEnv) openBackends(database, storage string, create bool, level int) (index.Index, *store.Chunks, error) {
+	data := e.data
 	ctx := context.Background()
 	var ix index.Index
 	switch db := database; {
@@ -224,6 +229,11 @@ func openBackends(data, database, storage string, create bool, level int) (index
 			ix.Close()
 			return nil, nil, err
 		}
+		if (e.s3Key == "") != (e.s3Secret == "") {
+			ix.Close()
+			return nil, nil, &exitError{code: 2, msg: "--s3-access-key-id and --s3-secret-access-key go together"}
+		}
+		o.AccessKey, o.SecretKey = e.s3Key, e.s3Secret
 		s3, err := store.OpenS3(ctx, o)
 		if err != nil {
 			ix.Close()

@@ -308,8 +308,11 @@ func TestIngestAndServeOnPostgresAndS3(t *testing.T) {
 func TestMigrateCommand(t *testing.T) {
 	srv := testservers.MinIO(t)
 	dsn := testservers.Postgres(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	// Credentials as flags for migrate, as NARSTORE_* variables for the
+	// rest (no AWS_* variables: the AWS chain would not find any).
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	creds := []string{"--s3-access-key-id", srv.AccessKey, "--s3-secret-access-key", srv.SecretKey}
 	storage := "s3://" + srv.Bucket(t) + "/moved?endpoint=" + srv.Endpoint + "&region=us-east-1&path-style=true"
 	cache, nis := closureCache(t)
 	data := t.TempDir()
@@ -319,14 +322,16 @@ func TestMigrateCommand(t *testing.T) {
 	if _, errs, code := narstore(t, "migrate", "--data", data); code != 2 || !strings.Contains(errs, "--to-database-url") {
 		t.Fatalf("migrate without a destination: %d %s", code, errs)
 	}
-	out, errs, code := narstore(t, "migrate", "--data", data, "--to-database-url", dsn, "--to-storage", storage)
+	out, errs, code := narstore(t, append([]string{"migrate", "--data", data, "--to-database-url", dsn, "--to-storage", storage}, creds...)...)
 	if code != 0 || !strings.Contains(out, "3 copied now") {
 		t.Fatalf("migrate: %d %s %s", code, out, errs)
 	}
-	out, errs, code = narstore(t, "migrate", "--data", data, "--to-database-url", dsn, "--to-storage", storage)
+	out, errs, code = narstore(t, append([]string{"migrate", "--data", data, "--to-database-url", dsn, "--to-storage", storage}, creds...)...)
 	if code != 0 || !strings.Contains(out, "0 copied now") || !strings.Contains(out, "0 chunks") {
 		t.Fatalf("second migrate: %d %s %s", code, out, errs)
 	}
+	t.Setenv("NARSTORE_S3_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("NARSTORE_S3_SECRET_ACCESS_KEY", srv.SecretKey)
 	dest := []string{"--data", t.TempDir(), "--database-url", dsn, "--storage", storage}
 	if out, errs, code := narstore(t, append([]string{"verify"}, dest...)...); code != 0 {
 		t.Fatalf("verify the copy: %s %s", out, errs)

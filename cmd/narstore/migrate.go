@@ -42,7 +42,7 @@ func setupMigrate(fs *flag.FlagSet) runFunc {
 			return fmt.Errorf("source: %w", err)
 		}
 		defer src.Close()
-		dst, dstChunks, err := openBackends(env.data, *toDB, *toStorage, true, 0)
+		dst, dstChunks, err := env.openBackends(*toDB, *toStorage, true, 0)
 		if err != nil {
 			return fmt.Errorf("destination: %w", err)
 		}
