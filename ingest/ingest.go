@@ -297,6 +297,10 @@ func (in *Ingester) IngestFromUpstream(ctx context.Context, ni *narinfo.NarInfo,
 	return in.downloadAndIngest(ctx, ni, tee)
 }
 
+// HeadChunkSize is the most a NAR's first chunk holds when the chunker's
+// first chunk is at least twice as long: it is split there.
+const HeadChunkSize = 64 << 10
+
 // ErrIngestedElsewhere means another instance stored the NAR while this one
 // waited for its lock; the caller can serve it from the index.
 var ErrIngestedElsewhere = errors.New("NAR ingested by another instance")
@@ -467,19 +471,30 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 			readErr = err
 			break
 		}
-		id := chunker.Sum(c.Data)
-		nar.Chunks = append(nar.Chunks, index.ChunkRef{ID: id, Offset: uint64(c.Offset), Size: uint32(len(c.Data))})
-		in.Progress.NARBytes.Add(int64(len(c.Data)))
-		if seen[id] {
-			continue
+		pieces := [][]byte{c.Data}
+		if c.Offset == 0 && len(c.Data) >= 2*HeadChunkSize {
+			// Time to first byte: a server must load and verify the first
+			// chunk before it answers, so the NAR's head is cut short. Later
+			// boundaries are untouched.
+			pieces = [][]byte{c.Data[:HeadChunkSize], c.Data[HeadChunkSize:]}
 		}
-		seen[id] = true
-		buf := in.bufs.Get().(*[]byte)
-		n := copy(*buf, c.Data)
-		select {
-		case jobs <- chunkJob{id: id, buf: buf, size: n}:
-		case <-ctx.Done():
-			in.bufs.Put(buf)
+		off := uint64(c.Offset)
+		for _, data := range pieces {
+			id := chunker.Sum(data)
+			nar.Chunks = append(nar.Chunks, index.ChunkRef{ID: id, Offset: off, Size: uint32(len(data))})
+			off += uint64(len(data))
+			in.Progress.NARBytes.Add(int64(len(data)))
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			buf := in.bufs.Get().(*[]byte)
+			n := copy(*buf, data)
+			select {
+			case jobs <- chunkJob{id: id, buf: buf, size: n}:
+			case <-ctx.Done():
+				in.bufs.Put(buf)
+			}
 		}
 		if ctx.Err() != nil {
 			break

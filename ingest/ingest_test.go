@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -542,6 +543,55 @@ func TestParseHashPart(t *testing.T) {
 	for _, in := range []string{"", "foo", "/nix/store/short-x", "/nix/store/" + strings.Repeat("e", 32) + "-x", h + "x"} {
 		if _, err := ingest.ParseHashPart(in); err == nil {
 			t.Errorf("ParseHashPart(%q) succeeded", in)
+		}
+	}
+}
+
+// A NAR's first chunk is cut at HeadChunkSize when the chunker's first chunk
+// is at least twice that, and only then; the rest of the boundaries are the
+// chunker's own.
+func TestHeadChunkSplit(t *testing.T) {
+	e := newEnv(t)
+	big := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/net/http"))
+	small := big[:100<<10]
+	for _, tc := range []struct {
+		name  string
+		nar   []byte
+		split bool
+	}{{"big", big, true}, {"small", small, false}} {
+		ni := e.cache.Add(t, nixtest.Path{Name: tc.name, NAR: tc.nar})
+		in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) {
+			o.Preset, _ = chunker.LookupPreset("fastcdc-64k-256k-1m")
+		})
+		if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+			t.Fatal(err)
+		}
+		nar, _ := e.ix.NAR(t.Context(), ni.NarHash)
+		p, _ := chunker.LookupPreset("fastcdc-64k-256k-1m")
+		c, _ := chunker.New(bytes.NewReader(tc.nar), p)
+		var want []uint64 // the chunker's boundaries
+		for {
+			ch, err := c.Next()
+			if err != nil {
+				break
+			}
+			want = append(want, uint64(ch.Offset))
+		}
+		var got []uint64
+		for _, ref := range nar.Chunks {
+			got = append(got, ref.Offset)
+		}
+		if tc.split {
+			if nar.Chunks[0].Size != ingest.HeadChunkSize || len(want) < 2 || want[1] < 2*ingest.HeadChunkSize {
+				t.Fatalf("%s: first chunk %d bytes, chunker's second boundary %v", tc.name, nar.Chunks[0].Size, want)
+			}
+			want = append([]uint64{0, ingest.HeadChunkSize}, want[1:]...)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: boundaries %v, want %v", tc.name, got, want)
+		}
+		if !bytes.Equal(e.readBack(t, ni), tc.nar) {
+			t.Errorf("%s: not read back", tc.name)
 		}
 	}
 }
