@@ -7,7 +7,7 @@
 //     either fully recorded or absent.
 //   - A chunk record exists only for a chunk whose blob is stored.
 //   - Deletion rule (GC): a chunk may be deleted only when no NAR lists it and
-//     no chunk record names it as Base.
+//     no chunk record names it among its Bases.
 package index
 
 import (
@@ -58,10 +58,13 @@ type Chunk struct {
 	ID         chunker.ID
 	Size       uint32     // decoded bytes
 	StoredSize uint32     // blob bytes
-	Encoding   uint8      // store.Encoding
-	Base       chunker.ID // delta base; zero if none
-	Depth      uint8      // delta steps to a plain chunk: 0 plain, Base's depth+1 otherwise
+	Encoding   uint8        // store.Encoding
+	Bases      []chunker.ID // delta bases in dictionary order; nil if none
+	Depth      uint8        // delta steps to a plain chunk: 0 plain, the deepest base's depth+1 otherwise
 }
+
+// encMultiDelta is store.EncZstdMultiDelta, whose bases are in chunk_bases.
+const encMultiDelta = 3
 
 // PendingTTL is how long a pending narinfo is kept when its NAR is never
 // fetched.

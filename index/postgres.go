@@ -241,15 +241,48 @@ func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error
 		}
 		var c Chunk
 		copy(c.ID[:], idb)
-		copy(c.Base[:], base)
+		if base != nil {
+			c.Bases = []chunker.ID{chunker.ID(base)}
+		}
 		c.Size, c.StoredSize, c.Encoding, c.Depth = uint32(size), uint32(stored), uint8(enc), uint8(depth)
 		found[c.ID] = c
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	var multi [][]byte
+	for id, c := range found {
+		if c.Encoding == encMultiDelta {
+			multi = append(multi, append([]byte(nil), id[:]...))
+			c.Bases = nil
+			found[id] = c
+		}
+	}
+	if len(multi) > 0 {
+		brows, err := p.pool.Query(ctx, `SELECT chunk_id, base_id FROM chunk_bases WHERE chunk_id = ANY($1) ORDER BY chunk_id, seq`, multi)
+		if err != nil {
+			return nil, err
+		}
+		defer brows.Close()
+		for brows.Next() {
+			var cid, b []byte
+			if err := brows.Scan(&cid, &b); err != nil {
+				return nil, err
+			}
+			c := found[chunker.ID(cid)]
+			c.Bases = append(c.Bases, chunker.ID(b))
+			found[chunker.ID(cid)] = c
+		}
+		if err := brows.Err(); err != nil {
+			return nil, err
+		}
 	}
 	out := make([]Chunk, len(ids))
 	for i, id := range ids {
 		out[i] = found[id]
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // Commit implements Index.
@@ -265,12 +298,20 @@ func (p *Postgres) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, ne
 		now := p.now().Unix()
 		for _, c := range newChunks {
 			var base any
-			if !c.Base.IsZero() {
-				base = c.Base[:]
+			if len(c.Bases) > 0 {
+				base = c.Bases[0][:]
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, depth, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`,
-				c.ID[:], int32(c.Size), int32(c.StoredSize), int16(c.Encoding), base, int16(c.Depth), now); err != nil {
+			tag, err := tx.Exec(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, depth, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`,
+				c.ID[:], int32(c.Size), int32(c.StoredSize), int16(c.Encoding), base, int16(c.Depth), now)
+			if err != nil {
 				return fmt.Errorf("insert chunk %s: %w", c.ID, err)
+			}
+			if tag.RowsAffected() == 1 && len(c.Bases) > 1 {
+				for i, b := range c.Bases {
+					if _, err := tx.Exec(ctx, `INSERT INTO chunk_bases (chunk_id, seq, base_id) VALUES ($1, $2, $3)`, c.ID[:], int16(i), b[:]); err != nil {
+						return fmt.Errorf("insert chunk %s base: %w", c.ID, err)
+					}
+				}
 			}
 		}
 		tag, err := tx.Exec(ctx, `INSERT INTO nars (`+pgNarCols+`, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (nar_hash) DO NOTHING`,

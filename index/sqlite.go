@@ -274,11 +274,19 @@ func insertChunks(ctx context.Context, tx *sql.Tx, chunks []Chunk, now int64) er
 	defer stmt.Close()
 	for _, c := range chunks {
 		var base any
-		if !c.Base.IsZero() {
-			base = c.Base[:]
+		if len(c.Bases) > 0 {
+			base = c.Bases[0][:]
 		}
-		if _, err := stmt.ExecContext(ctx, c.ID[:], c.Size, c.StoredSize, c.Encoding, base, c.Depth, now); err != nil {
+		res, err := stmt.ExecContext(ctx, c.ID[:], c.Size, c.StoredSize, c.Encoding, base, c.Depth, now)
+		if err != nil {
 			return fmt.Errorf("insert chunk %s: %w", c.ID, err)
+		}
+		if n, _ := res.RowsAffected(); n == 1 && len(c.Bases) > 1 {
+			for i, b := range c.Bases {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO chunk_bases (chunk_id, seq, base_id) VALUES (?, ?, ?)`, c.ID[:], i, b[:]); err != nil {
+					return fmt.Errorf("insert chunk %s base: %w", c.ID, err)
+				}
+			}
 		}
 	}
 	return nil
@@ -375,8 +383,32 @@ func (s *SQLite) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) 
 			return nil, err
 		}
 		c.ID = id
-		copy(c.Base[:], base)
+		if base != nil {
+			c.Bases = []chunker.ID{chunker.ID(base)}
+		}
 		out[i] = c
+	}
+	for i := range out {
+		if out[i].Encoding != encMultiDelta {
+			continue
+		}
+		rows, err := conn.QueryContext(ctx, `SELECT base_id FROM chunk_bases WHERE chunk_id = ? ORDER BY seq`, out[i].ID[:])
+		if err != nil {
+			return nil, err
+		}
+		out[i].Bases = nil
+		for rows.Next() {
+			var b []byte
+			if err := rows.Scan(&b); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[i].Bases = append(out[i].Bases, chunker.ID(b))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }

@@ -118,7 +118,7 @@ func TestNormalizedAndDeltaNARsAreByteExact(t *testing.T) {
 	dcs := deltaChunks(t, e.ix, nar2)
 	deltas := len(dcs)
 	for _, c := range dcs {
-		if c.Base.IsZero() || c.Depth == 0 {
+		if len(c.Bases) == 0 || c.Depth == 0 {
 			t.Errorf("delta chunk %s without base or depth", c.ID)
 		}
 	}
@@ -143,7 +143,7 @@ func TestDeltaBaseMissingOrCorruptFailsClosed(t *testing.T) {
 			if len(dcs) == 0 {
 				t.Fatal("no delta chunk")
 			}
-			base := dcs[0].Base
+			base := dcs[0].Bases[len(dcs[0].Bases)-1] // the best base
 			if damage == "missing" {
 				e.dir.Delete(t.Context(), base)
 			} else {

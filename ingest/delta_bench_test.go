@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/narstore/narstore/chunker"
@@ -43,7 +44,8 @@ func newDeltaEnv(b *testing.B) *deltaEnv {
 	d.NoSync = os.Getenv("NARSTORE_BENCH_NOSYNC") == "1"
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	p, _ := chunker.LookupPreset(chunker.DefaultPreset)
-	in, _ := ingest.New(nil, ix, c, ingest.Options{Preset: p, Delta: true, Normalize: true})
+	bases, _ := strconv.Atoi(os.Getenv("NARSTORE_BENCH_DELTA_BASES"))
+	in, _ := ingest.New(nil, ix, c, ingest.Options{Preset: p, Delta: true, Normalize: true, DeltaBases: bases})
 	return &deltaEnv{dir: dir, ix: ix, chunks: c, in: in}
 }
 
@@ -100,5 +102,13 @@ func BenchmarkReaderDeltaCold(b *testing.B) {
 		}
 		r.Close()
 	}
-	b.ReportMetric(float64(len(deltaChunks(b, e.ix, nar)))/float64(len(nar.Chunks)), "delta-fraction")
+	dcs := deltaChunks(b, e.ix, nar)
+	multi := 0
+	for _, c := range dcs {
+		if len(c.Bases) > 1 {
+			multi++
+		}
+	}
+	b.ReportMetric(float64(len(dcs))/float64(len(nar.Chunks)), "delta-fraction")
+	b.ReportMetric(float64(multi)/float64(len(nar.Chunks)), "multi-base-fraction")
 }

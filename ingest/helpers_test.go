@@ -30,7 +30,7 @@ func deltaChunks(t testing.TB, ix ingest.Index, nar *index.NAR) []index.Chunk {
 	}
 	var out []index.Chunk
 	for _, c := range recs {
-		if c.Encoding == uint8(store.EncZstdDelta) {
+		if store.Encoding(c.Encoding).IsDelta() {
 			out = append(out, c)
 		}
 	}

@@ -66,6 +66,10 @@ type Options struct {
 	// package's previous NAR when that is DeltaMargin smaller than plain zstd.
 	Delta       bool
 	DeltaMargin float64 // 0 means 0.2
+	// DeltaBases is how many predecessor chunks a delta may use as its
+	// dictionary: the most similar one and its neighbours. 0 means 3; 1 is
+	// the best base alone.
+	DeltaBases int
 	// MaxDeltaDepth bounds delta chains; 0 means store.DefaultMaxDeltaDepth.
 	// It must not exceed the depth readers accept.
 	MaxDeltaDepth int
@@ -123,6 +127,12 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	}
 	if o.DeltaMargin <= 0 {
 		o.DeltaMargin = 0.2
+	}
+	if o.DeltaBases <= 0 {
+		o.DeltaBases = 3
+	}
+	if o.DeltaBases > store.MaxDeltaBases {
+		return nil, fmt.Errorf("delta bases %d: at most %d", o.DeltaBases, store.MaxDeltaBases)
 	}
 	if o.MaxDeltaDepth <= 0 {
 		o.MaxDeltaDepth = store.DefaultMaxDeltaDepth
@@ -575,12 +585,12 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 	if err := in.chunks.Store().Put(ctx, j.id, blob); err != nil {
 		return nil, err
 	}
-	if w.Encoding != store.EncZstdDelta { // Put keeps no reference to the blob
+	if !w.Encoding.IsDelta() { // Put keeps no reference to the blob
 		in.chunks.Recycle(blob)
 	}
 	in.Progress.NewChunks.Add(1)
 	in.Progress.NewStoredBytes.Add(int64(w.StoredSize))
-	return &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Base: w.Base, Depth: depth}, nil
+	return &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Depth: depth}, nil
 }
 
 type countingReader struct {

@@ -202,9 +202,11 @@ func (c *Copier) copyChunks(ctx context.Context, nar *index.NAR) ([]index.Chunk,
 			if r.ID.IsZero() {
 				return nil, fmt.Errorf("chunk %s has no record in the source index: run narstore verify on the source", missing[i])
 			}
-			if !r.Base.IsZero() && !seen[r.Base] {
-				seen[r.Base] = true
-				ids = append(ids, r.Base)
+			for _, b := range r.Bases {
+				if !seen[b] {
+					seen[b] = true
+					ids = append(ids, b)
+				}
 			}
 		}
 		if err := c.copyBlobs(ctx, recs); err != nil {

@@ -139,7 +139,7 @@ func deltaChunks(t *testing.T, c *cache) int {
 	}
 	n := 0
 	for _, r := range recs {
-		if !r.Base.IsZero() {
+		if len(r.Bases) > 0 {
 			n++
 		}
 	}

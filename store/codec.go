@@ -25,7 +25,19 @@ const (
 	// EncZstdDelta is one zstd frame compressed with the bytes of a base chunk
 	// as a raw dictionary. The base's ID follows the blob header.
 	EncZstdDelta Encoding = 2
+	// EncZstdMultiDelta is one zstd frame compressed with the bytes of
+	// several base chunks, concatenated in the order listed, as a raw
+	// dictionary. A count byte and the bases' IDs follow the blob header.
+	// Content that moved across a chunk boundary between two versions is
+	// found in the neighbouring base.
+	EncZstdMultiDelta Encoding = 3
 )
+
+// MaxDeltaBases bounds the bases of one delta chunk.
+const MaxDeltaBases = 4
+
+// IsDelta reports whether chunks of this encoding need bases to decode.
+func (e Encoding) IsDelta() bool { return e == EncZstdDelta || e == EncZstdMultiDelta }
 
 func (e Encoding) String() string {
 	switch e {
@@ -35,11 +47,14 @@ func (e Encoding) String() string {
 		return "zstd"
 	case EncZstdDelta:
 		return "zstd-delta"
+	case EncZstdMultiDelta:
+		return "zstd-multi-delta"
 	}
 	return fmt.Sprintf("encoding(%d)", uint8(e))
 }
 
-// Blob layout: version byte, encoding byte, [32-byte base ID if delta], payload.
+// Blob layout: version byte, encoding byte, [32-byte base ID if delta | count
+// byte and count 32-byte base IDs if multi-delta], payload.
 // Blobs are self-describing so a store can be read (or migrated) without the index.
 const blobVersion = 1
 
@@ -106,8 +121,14 @@ func (c *Chunks) Store() Store { return c.store }
 // Written describes how a chunk was stored.
 type Written struct {
 	Encoding   Encoding
-	Base       chunker.ID // zero unless Encoding is EncZstdDelta
-	StoredSize int        // blob bytes
+	Bases      []chunker.ID // delta bases, in dictionary order; nil unless a delta
+	StoredSize int          // blob bytes
+}
+
+// Base is a base chunk's ID and verified bytes, for EncodeDelta.
+type Base struct {
+	ID   chunker.ID
+	Data []byte
 }
 
 // Encode returns the blob for data: zstd, or raw when zstd does not shrink it.
@@ -135,23 +156,49 @@ func (c *Chunks) Encode(data []byte) ([]byte, Written) {
 // stored. Optional; the blob must not be used afterwards.
 func (c *Chunks) Recycle(blob []byte) { c.blobs.Put(&blob) }
 
-// EncodeDelta returns the blob for data compressed against base (the bytes of
-// chunk baseID). The caller decides whether it beats Encode by enough to keep.
-func (c *Chunks) EncodeDelta(data []byte, baseID chunker.ID, base []byte) ([]byte, Written, error) {
+// EncodeDelta returns the blob for data compressed against the bases' bytes,
+// concatenated in order (put the most similar last: nearest matches cost
+// least). One base gives EncZstdDelta, several EncZstdMultiDelta. The caller
+// decides whether it beats Encode by enough to keep.
+func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error) {
+	if len(bases) == 0 || len(bases) > MaxDeltaBases {
+		return nil, Written{}, fmt.Errorf("delta with %d bases: want 1 to %d", len(bases), MaxDeltaBases)
+	}
+	dict := bases[0].Data
+	if len(bases) > 1 {
+		n := 0
+		for _, b := range bases {
+			n += len(b.Data)
+		}
+		dict = make([]byte, 0, n)
+		for _, b := range bases {
+			dict = append(dict, b.Data...)
+		}
+	}
 	// The fastest zstd level barely matches into a raw dictionary, so deltas
 	// always use at least the default level.
 	lvl := max(c.level, zstd.SpeedDefault)
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(1), zstd.WithEncoderDictRaw(1, base), zstd.WithWindowSize(windowFor(len(base)+len(data))))
+		zstd.WithEncoderConcurrency(1), zstd.WithEncoderDictRaw(1, dict), zstd.WithWindowSize(windowFor(len(dict)+len(data))))
 	if err != nil {
 		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
 	}
 	defer enc.Close()
-	blob := make([]byte, 2+len(baseID), 2+len(baseID)+len(data)/4)
-	blob[0], blob[1] = blobVersion, byte(EncZstdDelta)
-	copy(blob[2:], baseID[:])
+	w := Written{Encoding: EncZstdDelta}
+	blob := make([]byte, 2, 3+len(bases)*len(chunker.ID{})+len(data)/4)
+	blob[0] = blobVersion
+	if len(bases) > 1 {
+		w.Encoding = EncZstdMultiDelta
+		blob = append(blob, byte(len(bases)))
+	}
+	blob[1] = byte(w.Encoding)
+	for _, b := range bases {
+		blob = append(blob, b.ID[:]...)
+		w.Bases = append(w.Bases, b.ID)
+	}
 	blob = enc.EncodeAll(data, blob)
-	return blob, Written{Encoding: EncZstdDelta, Base: baseID, StoredSize: len(blob)}, nil
+	w.StoredSize = len(blob)
+	return blob, w, nil
 }
 
 func windowFor(n int) int {
@@ -180,25 +227,36 @@ func (c *Chunks) Sync(ctx context.Context) error {
 	return nil
 }
 
-// BlobHeader parses a blob's header.
-func BlobHeader(blob []byte) (enc Encoding, base chunker.ID, payload []byte, err error) {
+// BlobHeader parses a blob's header: its encoding, delta bases (in
+// dictionary order) and payload.
+func BlobHeader(blob []byte) (enc Encoding, bases []chunker.ID, payload []byte, err error) {
 	if len(blob) < 2 || blob[0] != blobVersion {
-		return 0, base, nil, fmt.Errorf("unknown blob format: %w", ErrCorrupt)
+		return 0, nil, nil, fmt.Errorf("unknown blob format: %w", ErrCorrupt)
 	}
 	enc = Encoding(blob[1])
 	payload = blob[2:]
+	n := 0
 	switch enc {
 	case EncRaw, EncZstd:
 	case EncZstdDelta:
-		if len(payload) < len(base) {
-			return 0, base, nil, fmt.Errorf("short delta header: %w", ErrCorrupt)
+		n = 1
+	case EncZstdMultiDelta:
+		if len(payload) < 1 || payload[0] < 2 || payload[0] > MaxDeltaBases {
+			return 0, nil, nil, fmt.Errorf("bad delta base count: %w", ErrCorrupt)
 		}
-		copy(base[:], payload)
-		payload = payload[len(base):]
+		n = int(payload[0])
+		payload = payload[1:]
 	default:
-		return 0, base, nil, fmt.Errorf("unknown encoding %d: %w", enc, ErrCorrupt)
+		return 0, nil, nil, fmt.Errorf("unknown encoding %d (written by a newer narstore?): %w", enc, ErrCorrupt)
 	}
-	return enc, base, payload, nil
+	const idLen = len(chunker.ID{})
+	if len(payload) < n*idLen {
+		return 0, nil, nil, fmt.Errorf("short delta header: %w", ErrCorrupt)
+	}
+	for i := range n {
+		bases = append(bases, chunker.ID(payload[i*idLen:(i+1)*idLen]))
+	}
+	return enc, bases, payload[n*idLen:], nil
 }
 
 // BaseFunc returns the verified bytes of a base chunk, for decoding deltas.
@@ -249,7 +307,7 @@ func (c *Chunks) readBlob(ctx context.Context, id chunker.ID) ([]byte, error) {
 }
 
 func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn BaseFunc, depth int) ([]byte, error) {
-	enc, baseID, payload, err := BlobHeader(blob)
+	enc, bases, payload, err := BlobHeader(blob)
 	if err != nil {
 		return nil, err
 	}
@@ -262,21 +320,29 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %v: %w", err, ErrCorrupt)
 		}
-	case EncZstdDelta:
+	case EncZstdDelta, EncZstdMultiDelta:
 		if depth >= c.maxDepth {
 			return nil, fmt.Errorf("delta chain deeper than %d: %w", c.maxDepth, ErrCorrupt)
 		}
-		var base []byte
-		if baseFn != nil {
-			base, err = baseFn(ctx, baseID)
-		} else {
-			base, err = c.get(ctx, baseID, nil, depth+1)
+		var dict []byte
+		for _, baseID := range bases {
+			var base []byte
+			if baseFn != nil {
+				base, err = baseFn(ctx, baseID)
+			} else {
+				base, err = c.get(ctx, baseID, nil, depth+1)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("delta base %s: %w", baseID, err)
+			}
+			if len(bases) == 1 {
+				dict = base
+			} else {
+				dict = append(dict, base...)
+			}
 		}
-		if err != nil {
-			return nil, fmt.Errorf("delta base %s: %w", baseID, err)
-		}
-		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderDictRaw(1, base),
-			zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.WithDecoderMaxWindow(2*MaxChunkSize))
+		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderDictRaw(1, dict),
+			zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.WithDecoderMaxWindow(uint64(windowFor(len(dict)+MaxChunkSize))))
 		if err != nil {
 			return nil, err
 		}

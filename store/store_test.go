@@ -115,7 +115,7 @@ func TestChunksDelta(t *testing.T) {
 	if _, err := c.Put(ctx, baseID, base); err != nil {
 		t.Fatal(err)
 	}
-	blob, w, err := c.EncodeDelta(next, baseID, base)
+	blob, w, err := c.EncodeDelta(next, []store.Base{{ID: baseID, Data: base}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,16 +149,62 @@ func TestChunksDelta(t *testing.T) {
 		d2 := newDir(t)
 		c2, _ := store.NewChunks(d2, store.ChunksOptions{MaxDeltaDepth: 1})
 		c2.Put(ctx, baseID, base)
-		b1, _, _ := c2.EncodeDelta(next, baseID, base)
+		b1, _, _ := c2.EncodeDelta(next, []store.Base{{ID: baseID, Data: base}})
 		d2.Put(ctx, nextID, b1)
 		third := append([]byte(nil), next...)
 		third[0] ^= 1
-		b2, _, _ := c2.EncodeDelta(third, nextID, next)
+		b2, _, _ := c2.EncodeDelta(third, []store.Base{{ID: nextID, Data: next}})
 		d2.Put(ctx, chunker.Sum(third), b2)
 		if _, err := c2.Get(ctx, chunker.Sum(third)); !errors.Is(err, store.ErrCorrupt) {
 			t.Fatalf("depth-2 chain with limit 1: got %v, want ErrCorrupt", err)
 		}
 	})
+}
+
+// A chunk whose content came from two bases (it straddles their boundary)
+// decodes from both, in order; a missing or damaged second base fails it.
+func TestChunksMultiDelta(t *testing.T) {
+	ctx := context.Background()
+	d := newDir(t)
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	a, b := randomBytes(100<<10, 7), randomBytes(100<<10, 8)
+	aID, bID := chunker.Sum(a), chunker.Sum(b)
+	c.Put(ctx, aID, a)
+	c.Put(ctx, bID, b)
+	// The new chunk: the second half of a, an edit, the first half of b.
+	next := append(append(append([]byte(nil), a[50<<10:]...), "an edit"...), b[:50<<10]...)
+	nextID := chunker.Sum(next)
+	single, _, _ := c.EncodeDelta(next, []store.Base{{ID: aID, Data: a}})
+	blob, w, err := c.EncodeDelta(next, []store.Base{{ID: aID, Data: a}, {ID: bID, Data: b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Encoding != store.EncZstdMultiDelta || len(w.Bases) != 2 || w.Bases[0] != aID || w.Bases[1] != bID {
+		t.Fatalf("written %+v", w)
+	}
+	if len(blob) > 2<<10 || len(single) < 40<<10 {
+		t.Errorf("two bases: %d bytes, one base: %d bytes; want under 2 KiB and over 40 KiB", len(blob), len(single))
+	}
+	enc, bases, _, err := store.BlobHeader(blob)
+	if err != nil || enc != store.EncZstdMultiDelta || len(bases) != 2 || bases[1] != bID {
+		t.Fatalf("BlobHeader: %v %v %v", enc, bases, err)
+	}
+	d.Put(ctx, nextID, blob)
+	if got, err := c.Get(ctx, nextID); err != nil || !bytes.Equal(got, next) {
+		t.Fatalf("Get: %v", err)
+	}
+	if _, _, err := c.EncodeDelta(next, make([]store.Base, store.MaxDeltaBases+1)); err == nil {
+		t.Error("more than MaxDeltaBases bases accepted")
+	}
+	bad, _ := c.Encode(randomBytes(100<<10, 9))
+	d.Delete(ctx, bID)
+	if _, err := c.Get(ctx, nextID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("second base missing: %v, want ErrNotFound", err)
+	}
+	d.Put(ctx, bID, bad)
+	if _, err := c.Get(ctx, nextID); !errors.Is(err, store.ErrCorrupt) {
+		t.Errorf("second base damaged: %v, want ErrCorrupt", err)
+	}
 }
 
 func TestChunksDetectCorruption(t *testing.T) {

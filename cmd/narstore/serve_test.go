@@ -338,7 +338,7 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 		}
 		for _, c := range nar.Chunks {
 			recs, _ := ix.Chunks(t.Context(), []chunker.ID{c.ID})
-			if recs[0].Encoding == uint8(store.EncZstdDelta) {
+			if store.Encoding(recs[0].Encoding).IsDelta() {
 				deltas++
 			}
 		}

@@ -186,7 +186,7 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 	t.Run("DeltaBaseRecorded", func(t *testing.T) {
 		ix := newIdx(t)
 		ni, nar, chunks := Fixture("delta", 2, 100)
-		chunks[1].Encoding, chunks[1].Base, chunks[1].Depth = 2, chunks[0].ID, 1
+		chunks[1].Encoding, chunks[1].Bases, chunks[1].Depth = 2, []chunker.ID{chunks[0].ID}, 1
 		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
 			t.Fatal(err)
 		}
@@ -194,8 +194,22 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got[0] != chunks[1] || !got[1].ID.IsZero() || got[2] != chunks[0] {
+		if !reflect.DeepEqual(got[0], chunks[1]) || !got[1].ID.IsZero() || !reflect.DeepEqual(got[2], chunks[0]) {
 			t.Errorf("Chunks = %+v", got)
+		}
+		// Several bases, in dictionary order (not sorted), among other chunks.
+		ni2, nar2, chunks2 := Fixture("multi-delta", 3, 100)
+		chunks2[2].Encoding, chunks2[2].Depth = 3, 2
+		chunks2[2].Bases = []chunker.ID{chunks2[1].ID, chunks[1].ID, chunks2[0].ID}
+		if err := ix.Commit(ctx, ni2, nar2, chunks2); err != nil {
+			t.Fatal(err)
+		}
+		got, err = ix.Chunks(ctx, []chunker.ID{chunks2[2].ID, chunks[1].ID, chunks2[0].ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, []index.Chunk{chunks2[2], chunks[1], chunks2[0]}) {
+			t.Errorf("Chunks with several bases:\n got %+v\nwant %+v", got, []index.Chunk{chunks2[2], chunks[1], chunks2[0]})
 		}
 	})
 
