@@ -56,8 +56,8 @@ type ChunkRef struct {
 // Chunk is a chunk record.
 type Chunk struct {
 	ID         chunker.ID
-	Size       uint32     // decoded bytes
-	StoredSize uint32     // blob bytes
+	Size       uint32       // decoded bytes
+	StoredSize uint32       // blob bytes
 	Encoding   uint8        // store.Encoding
 	Bases      []chunker.ID // delta bases in dictionary order; nil if none
 	Depth      uint8        // delta steps to a plain chunk: 0 plain, the deepest base's depth+1 otherwise
