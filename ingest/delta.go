@@ -24,9 +24,8 @@ import (
 // often spread over the best base and the chunk before or after it. Measured
 // on real npm releases, neighbours cut delta bytes by a third against the
 // best base alone (typescript 711 → 487 KB, next-swc 12.1 → 8.0 MB, esbuild
-// 781 → 414 KB). A base joins only if it shares samples with the new chunk,
-// so unshifted chunks keep a one-base dictionary (cheaper to encode and
-// decode).
+// 781 → 414 KB). A chunk whose best base holds 90% of its samples keeps a
+// one-base dictionary (cheaper to encode and decode).
 
 var gear = func() (t [256]uint64) {
 	r := rand.New(rand.NewPCG(0x6e617273, 0x746f7265))
@@ -172,8 +171,8 @@ func similar(votes, feats int) bool { return votes*20 >= feats }
 
 // candidates returns the bases for a match, at most n: the best base last
 // (in the dictionary, nearest matches cost least), before it its neighbours
-// in the predecessor that share samples too (the new chunk's content
-// straddles their boundary), then other similar chunks by votes.
+// in the predecessor (the new chunk's content may straddle their boundary),
+// then other similar chunks by votes.
 func (di *deltaIndex) candidates(m match, n int) []int {
 	picked := map[int]bool{m.best: true}
 	var extra []int
@@ -184,16 +183,28 @@ func (di *deltaIndex) candidates(m match, n int) []int {
 	if uncovered*10 < m.feats {
 		return []int{m.best}
 	}
+	ok := func(i int) bool {
+		return len(extra) < n-1 && i >= 0 && i < len(di.bases) && !picked[i] && di.bases[i].usable && di.bases[i].id != di.bases[m.best].id
+	}
 	add := func(i int) {
-		v := m.votes[int32(i)]
-		if len(extra) < n-1 && i >= 0 && i < len(di.bases) && !picked[i] && di.bases[i].usable &&
-			di.bases[i].id != di.bases[m.best].id && similar(v, m.feats) && v*4 >= uncovered {
+		if ok(i) {
 			picked[i] = true
 			extra = append(extra, i)
 		}
 	}
+	// Neighbours go in whether or not they share samples: where a new
+	// chunk's content moved past the best base's boundary, samples are too
+	// sparse to see it (measured on the large corpus: 0.768 → 0.727 after
+	// six bumps with neighbours always, against only when they share).
 	add(m.best - 1)
 	add(m.best + 1)
+	// Other similar chunks only when they share a good part of what the
+	// best base lacks.
+	addSimilar := func(i int) {
+		if v := m.votes[int32(i)]; similar(v, m.feats) && v*4 >= uncovered {
+			add(i)
+		}
+	}
 	if len(extra) < n-1 {
 		others := make([]int, 0, len(m.votes))
 		for i := range m.votes {
@@ -204,7 +215,7 @@ func (di *deltaIndex) candidates(m match, n int) []int {
 			return va > vb || (va == vb && others[a] < others[b])
 		})
 		for _, i := range others {
-			add(i)
+			addSimilar(i)
 		}
 	}
 	// Least similar first, best last.
