@@ -10,7 +10,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,9 +21,10 @@ import (
 )
 
 // Dir is a Store on a local directory. Blobs live at
-// ROOT/chunks/ab/cd/abcd…(64 hex digits). Writes go to ROOT/tmp first and are
-// renamed into place, so a crash never leaves a partial blob under a chunk's
-// name. Put is atomic; Sync (one syncfs(2) for the whole filesystem, instead
+// ROOT/chunks/ab/cd/abcd…(64 hex digits). A write goes to an unnamed file in
+// the target directory (O_TMPFILE) that is linked in once complete, or, where
+// the filesystem lacks O_TMPFILE, to ROOT/tmp and is renamed into place; a
+// crash never leaves a partial blob under a chunk's name. Put is atomic; Sync (one syncfs(2) for the whole filesystem, instead
 // of two fsyncs per chunk) makes the Puts before it durable.
 type Dir struct {
 	root string
@@ -29,6 +32,9 @@ type Dir struct {
 	// may then lose blobs the index already names.
 	NoSync bool
 	made   sync.Map // fan-out directories known to exist
+	// noTmpfile is set once the filesystem refused O_TMPFILE; Put then
+	// writes a named temp file and renames it.
+	noTmpfile atomic.Bool
 }
 
 var (
@@ -127,6 +133,23 @@ func (d *Dir) Put(ctx context.Context, id chunker.ID, blob []byte) error {
 		return err
 	}
 	final := d.path(id)
+	dir := filepath.Dir(final)
+	if _, ok := d.made.Load(dir); !ok {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("put chunk %s: %w", id, err)
+		}
+		d.made.Store(dir, struct{}{})
+	}
+	if !d.noTmpfile.Load() {
+		err := d.putTmpfile(dir, final, blob)
+		if !errors.Is(err, errNoTmpfile) {
+			if err != nil {
+				return fmt.Errorf("put chunk %s: %w", id, err)
+			}
+			return nil
+		}
+		d.noTmpfile.Store(true)
+	}
 	if _, err := os.Stat(final); err == nil {
 		return nil
 	}
@@ -137,19 +160,39 @@ func (d *Dir) Put(ctx context.Context, id chunker.ID, blob []byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("put chunk %s: %w", id, err)
 	}
-	dir := filepath.Dir(final)
-	if _, ok := d.made.Load(dir); !ok {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("put chunk %s: %w", id, err)
-		}
-		d.made.Store(dir, struct{}{})
-	}
 	if err := os.Rename(tmp, final); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put chunk %s: %w", id, err)
 	}
 	return nil
+}
+
+var errNoTmpfile = errors.New("O_TMPFILE not supported")
+
+// putTmpfile writes blob to an unnamed file in dir (O_TMPFILE) and links it
+// in as final: no temp name, no rename, and nothing left behind by a crash.
+// An existing final (the same content) is success.
+func (d *Dir) putTmpfile(dir, final string, blob []byte) error {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+		return errNoTmpfile
+	}
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), final)
+	defer f.Close()
+	if _, err := f.Write(blob); err != nil {
+		return err
+	}
+	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	if errors.Is(err, unix.ENOENT) { // no /proc
+		return errNoTmpfile
+	}
+	return err
 }
 
 // Sync implements Syncer.
@@ -212,3 +255,6 @@ func (d *Dir) Walk(ctx context.Context, fn func(id chunker.ID, size int64) error
 		return fn(id, info.Size())
 	})
 }
+
+// Root returns the directory the store lives in.
+func (d *Dir) Root() string { return d.root }

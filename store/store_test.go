@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -26,6 +27,30 @@ func newDir(t *testing.T) *store.Dir {
 
 func TestDirConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store { return newDir(t) })
+}
+
+// Without O_TMPFILE (some filesystems), Put writes a named temp file and
+// renames it; the contract holds all the same.
+func TestDirConformanceWithoutTmpfile(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		d := newDir(t)
+		d.DisableTmpfile()
+		return d
+	})
+}
+
+func TestDirUsesTmpfileHere(t *testing.T) {
+	d := newDir(t)
+	if err := d.Put(t.Context(), chunker.Sum([]byte("x")), []byte("blob")); err != nil {
+		t.Fatal(err)
+	}
+	if !d.UsesTmpfile() {
+		t.Skip("this filesystem has no O_TMPFILE: the rename path is what runs")
+	}
+	entries, _ := os.ReadDir(filepath.Join(d.Root(), "tmp"))
+	if len(entries) != 0 {
+		t.Errorf("O_TMPFILE put left %d files in tmp/", len(entries))
+	}
 }
 
 func TestOpenDirRemovesOnlyStaleTempFiles(t *testing.T) {
@@ -246,5 +271,23 @@ func BenchmarkEncode(b *testing.B) {
 				c.Encode(data)
 			}
 		})
+	}
+}
+
+// BenchmarkDirPut writes new 128 KiB blobs to a directory store (without the
+// sync), the per-chunk file-system cost of ingesting new data.
+func BenchmarkDirPut(b *testing.B) {
+	d, err := store.OpenDir(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	blob := randomBytes(128<<10, 1)
+	b.SetBytes(int64(len(blob)))
+	i := 0
+	for b.Loop() {
+		i++
+		if err := d.Put(context.Background(), chunker.Sum([]byte(fmt.Sprint(i))), blob); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
