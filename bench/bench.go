@@ -224,7 +224,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 			return nil, nil, err
 		}
 	}
-	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, Normalize: c.Normalize})
+	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, SimilarSearch: c.Delta, Normalize: c.Normalize})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -11,9 +11,11 @@
 package index
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -61,6 +63,10 @@ type Chunk struct {
 	Encoding   uint8        // store.Encoding
 	Bases      []chunker.ID // delta bases in dictionary order; nil if none
 	Depth      uint8        // delta steps to a plain chunk: 0 plain, the deepest base's depth+1 otherwise
+	// Sims are the chunk's similarity keys (super-features) for SimilarChunks;
+	// written by Commit, not returned by Chunks. Empty for a chunk that is not
+	// to serve as a delta base.
+	Sims []uint64
 }
 
 // encMultiDelta is store.EncZstdMultiDelta, whose bases are in chunk_bases.
@@ -116,6 +122,9 @@ type Index interface {
 	WalkNARs(ctx context.Context, fn func(nar *NAR) error) error
 	// StorePaths lists the store paths whose narinfo points at the NAR.
 	StorePaths(ctx context.Context, narHash [32]byte) ([]string, error)
+	// SimilarChunks returns recorded chunks that share at least one of sims,
+	// most shared first, at most limit.
+	SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error)
 	// AddPending records an upstream narinfo (already checked as trusted by
 	// the caller) whose NAR is not stored yet, so that every instance sharing
 	// the index can pull that NAR through. Commit of a narinfo for the NAR
@@ -135,4 +144,23 @@ func parsePending(text string) (*narinfo.NarInfo, error) {
 		return nil, fmt.Errorf("pending narinfo: %w", err)
 	}
 	return ni, nil
+}
+
+// rankSimilar orders chunk IDs by how many keys they matched, most first
+// (ties by ID, for determinism), and keeps limit.
+func rankSimilar(hits map[chunker.ID]int, limit int) []chunker.ID {
+	out := make([]chunker.ID, 0, len(hits))
+	for id := range hits {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if hits[out[i]] != hits[out[j]] {
+			return hits[out[i]] > hits[out[j]]
+		}
+		return bytes.Compare(out[i][:], out[j][:]) < 0
+	})
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out
 }

@@ -306,6 +306,13 @@ func (p *Postgres) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, ne
 			if err != nil {
 				return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 			}
+			if tag.RowsAffected() == 1 {
+				for _, sf := range c.Sims {
+					if _, err := tx.Exec(ctx, `INSERT INTO chunk_sims (sf, chunk_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, int64(sf), c.ID[:]); err != nil {
+						return fmt.Errorf("insert chunk %s similarity key: %w", c.ID, err)
+					}
+				}
+			}
 			if tag.RowsAffected() == 1 && len(c.Bases) > 1 {
 				for i, b := range c.Bases {
 					if _, err := tx.Exec(ctx, `INSERT INTO chunk_bases (chunk_id, seq, base_id) VALUES ($1, $2, $3)`, c.ID[:], int16(i), b[:]); err != nil {
@@ -502,4 +509,29 @@ func (p *Postgres) Pending(ctx context.Context, narHash [32]byte) (*narinfo.NarI
 		return nil, fmt.Errorf("pending narinfo: %w", err)
 	}
 	return parsePending(text)
+}
+
+// SimilarChunks implements Index.
+func (p *Postgres) SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error) {
+	keys := make([]int64, len(sims))
+	for i, sf := range sims {
+		keys[i] = int64(sf)
+	}
+	rows, err := p.pool.Query(ctx, `SELECT chunk_id FROM (SELECT chunk_id, row_number() OVER (PARTITION BY sf) AS n FROM chunk_sims WHERE sf = ANY($1)) s WHERE n <= 16`, keys)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	hits := map[chunker.ID]int{}
+	for rows.Next() {
+		var id []byte
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		hits[chunker.ID(id)]++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return rankSimilar(hits, limit), nil
 }

@@ -281,7 +281,15 @@ func insertChunks(ctx context.Context, tx *sql.Tx, chunks []Chunk, now int64) er
 		if err != nil {
 			return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 		}
-		if n, _ := res.RowsAffected(); n == 1 && len(c.Bases) > 1 {
+		n, _ := res.RowsAffected()
+		if n == 1 {
+			for _, sf := range c.Sims {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO chunk_sims (sf, chunk_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, int64(sf), c.ID[:]); err != nil {
+					return fmt.Errorf("insert chunk %s similarity key: %w", c.ID, err)
+				}
+			}
+		}
+		if n == 1 && len(c.Bases) > 1 {
 			for i, b := range c.Bases {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO chunk_bases (chunk_id, seq, base_id) VALUES (?, ?, ?)`, c.ID[:], i, b[:]); err != nil {
 					return fmt.Errorf("insert chunk %s base: %w", c.ID, err)
@@ -565,4 +573,28 @@ func qualified(cols, table string) string {
 		parts[i] = table + "." + strings.TrimSpace(c)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// SimilarChunks implements Index.
+func (s *SQLite) SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error) {
+	hits := map[chunker.ID]int{}
+	for _, sf := range sims {
+		rows, err := s.db.QueryContext(ctx, `SELECT chunk_id FROM chunk_sims WHERE sf = ? LIMIT 16`, int64(sf))
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id []byte
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			hits[chunker.ID(id)]++
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return rankSimilar(hits, limit), nil
 }

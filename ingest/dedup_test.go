@@ -1,6 +1,7 @@
 package ingest_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -166,6 +167,42 @@ func TestDeltaBaseMissingOrCorruptFailsClosed(t *testing.T) {
 			}
 			if !errors.Is(err, want) || len(got) >= len(vs[2].nar) {
 				t.Fatalf("read %d of %d bytes, err %v; want %v before the end", len(got), len(vs[2].nar), err, want)
+			}
+		})
+	}
+}
+
+// A package whose previous version is not in the store (here: a different
+// name) still finds delta bases anywhere in the store by similarity keys.
+func TestSimilarSearchAcrossPackages(t *testing.T) {
+	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/net/http"))
+	other := append([]byte(nil), base...)
+	for i := 1000; i+8 < len(other); i += 16 << 10 {
+		copy(other[i:], "renamed!")
+	}
+	for _, search := range []bool{false, true} {
+		t.Run(fmt.Sprint("search=", search), func(t *testing.T) {
+			e := newEnv(t)
+			a := e.cache.Add(t, nixtest.Path{Name: "alpha-1.0", NAR: base})
+			b := e.cache.Add(t, nixtest.Path{Name: "beta-1.0", NAR: other})
+			in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.SimilarSearch = true, search })
+			if _, err := in.IngestPath(t.Context(), a.StorePath); err != nil {
+				t.Fatal(err)
+			}
+			res, err := in.IngestPath(t.Context(), b.StorePath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nar, _ := e.ix.NAR(t.Context(), b.NarHash)
+			dcs := deltaChunks(t, e.ix, nar)
+			if search && (len(dcs) == 0 || res.StoredBytes*5 > uint64(len(other))/10) {
+				t.Errorf("with search: %d delta chunks, %d bytes stored for a %d-byte NAR", len(dcs), res.StoredBytes, len(other))
+			}
+			if !search && len(dcs) != 0 {
+				t.Errorf("without search: %d delta chunks (no predecessor to find them in)", len(dcs))
+			}
+			if !bytes.Equal(e.readBack(t, b), other) {
+				t.Error("not read back")
 			}
 		})
 	}

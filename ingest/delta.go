@@ -46,6 +46,51 @@ func features(data []byte, into map[uint64]struct{}) {
 	}
 }
 
+// SimilarityKeys returns a chunk's keys for store-wide similar-chunk search:
+// min-hashes of its sampled features under a few independent mixes. Two
+// chunks share a key with probability about the Jaccard similarity of their
+// samples. Nil for a chunk with too few samples to compare.
+func SimilarityKeys(data []byte) []uint64 {
+	feats := map[uint64]struct{}{}
+	features(data, feats)
+	return simKeys(feats)
+}
+
+const numSims = 4
+
+func simKeys(feats map[uint64]struct{}) []uint64 {
+	if len(feats) < 8 {
+		return nil
+	}
+	var mins [numSims]uint64
+	for i := range mins {
+		mins[i] = ^uint64(0)
+	}
+	for f := range feats {
+		for i := range mins {
+			if h := mix64(f ^ simSeeds[i]); h < mins[i] {
+				mins[i] = h
+			}
+		}
+	}
+	out := make([]uint64, numSims)
+	for i, m := range mins {
+		out[i] = m&^(7<<61) | uint64(i)<<61 // the key's slot in the top bits: slots never collide
+	}
+	return out
+}
+
+var simSeeds = [numSims]uint64{0x9e3779b97f4a7c15, 0xc2b2ae3d27d4eb4f, 0x165667b19e3779f9, 0xd6e8feb86659fd93}
+
+// mix64 is SplitMix64's finalizer.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
 type baseCandidate struct {
 	id     chunker.ID
 	depth  uint8
@@ -242,21 +287,62 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 				depth = max(depth, b.depth+1)
 			}
 			if len(bases) > 0 {
-				dblob, dw, err := in.chunks.EncodeDelta(data, bases)
-				if err != nil {
-					return nil, store.Written{}, 0, err
-				}
-				if dw.StoredSize*20 <= len(data) {
-					return dblob, dw, depth, nil
-				}
-				blob, w := in.chunks.Encode(data)
-				if float64(dw.StoredSize) <= float64(w.StoredSize)*(1-in.opts.DeltaMargin) {
-					return dblob, dw, depth, nil
-				}
-				return blob, w, 0, nil
+				return in.pickDelta(data, bases, depth)
 			}
+		}
+	}
+	if in.opts.Delta && in.opts.SimilarSearch {
+		if base, depth, ok := in.similarBase(ctx, data); ok {
+			return in.pickDelta(data, []store.Base{base}, depth)
 		}
 	}
 	blob, w := in.chunks.Encode(data)
 	return blob, w, 0, nil
+}
+
+// pickDelta returns the delta against bases when it beats plain zstd by the
+// margin, else plain zstd. A delta of 1/20 of the chunk or less is taken
+// without trying plain zstd, which on real data does not compress that well.
+func (in *Ingester) pickDelta(data []byte, bases []store.Base, depth uint8) ([]byte, store.Written, uint8, error) {
+	dblob, dw, err := in.chunks.EncodeDelta(data, bases)
+	if err != nil {
+		return nil, store.Written{}, 0, err
+	}
+	if dw.StoredSize*20 <= len(data) {
+		return dblob, dw, depth, nil
+	}
+	blob, w := in.chunks.Encode(data)
+	if float64(dw.StoredSize) <= float64(w.StoredSize)*(1-in.opts.DeltaMargin) {
+		return dblob, dw, depth, nil
+	}
+	return blob, w, 0, nil
+}
+
+// similarBase looks for a base anywhere in the store (not only in the
+// package's previous NAR) by similarity keys: the stored chunk sharing most
+// keys whose depth allows one more step.
+func (in *Ingester) similarBase(ctx context.Context, data []byte) (store.Base, uint8, bool) {
+	keys := SimilarityKeys(data)
+	if keys == nil {
+		return store.Base{}, 0, false
+	}
+	ids, err := in.ix.SimilarChunks(ctx, keys, 4)
+	if err != nil || len(ids) == 0 {
+		return store.Base{}, 0, false
+	}
+	recs, err := in.ix.Chunks(ctx, ids)
+	if err != nil {
+		return store.Base{}, 0, false
+	}
+	for _, r := range recs {
+		if r.ID.IsZero() || int(r.Depth) >= in.opts.MaxDeltaDepth {
+			continue
+		}
+		bd, err := in.chunks.Get(ctx, r.ID)
+		if err != nil {
+			continue
+		}
+		return store.Base{ID: r.ID, Data: bd}, r.Depth + 1, true
+	}
+	return store.Base{}, 0, false
 }

@@ -46,6 +46,7 @@ type Index interface {
 	AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error
 	Predecessor(ctx context.Context, pname string) (*index.NAR, error)
 	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
+	SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error)
 }
 
 // Options configure an Ingester.
@@ -66,6 +67,11 @@ type Options struct {
 	// package's previous NAR when that is DeltaMargin smaller than plain zstd.
 	Delta       bool
 	DeltaMargin float64 // 0 means 0.2
+	// SimilarSearch (with Delta) also looks for a delta base anywhere in the
+	// store, by similarity keys kept in the index, for chunks the package's
+	// previous NAR has nothing similar to (a first version, a renamed
+	// package). New chunks get keys recorded either way when Delta is on.
+	SimilarSearch bool
 	// DeltaBases is how many predecessor chunks a delta may use as its
 	// dictionary: the most similar one and its neighbours. 0 means 3; 1 is
 	// the best base alone.
@@ -590,7 +596,11 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 	}
 	in.Progress.NewChunks.Add(1)
 	in.Progress.NewStoredBytes.Add(int64(w.StoredSize))
-	return &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Depth: depth}, nil
+	rec := &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Depth: depth}
+	if in.opts.Delta && int(depth) < in.opts.MaxDeltaDepth {
+		rec.Sims = SimilarityKeys(data)
+	}
+	return rec, nil
 }
 
 type countingReader struct {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/store"
 )
@@ -217,12 +218,15 @@ func (c *Copier) copyChunks(ctx context.Context, nar *index.NAR) ([]index.Chunk,
 	return records, nil
 }
 
+// copyBlobs stores recs' blobs in the destination and fills in their
+// similarity keys (which the source index does not hand out) from the bytes.
 func (c *Copier) copyBlobs(ctx context.Context, recs []index.Chunk) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, c.opts.Jobs)
-	for _, r := range recs {
+	for i := range recs {
+		r := &recs[i]
 		sem <- struct{}{}
 		if ctx.Err() != nil {
 			break
@@ -230,7 +234,7 @@ func (c *Copier) copyBlobs(ctx context.Context, recs []index.Chunk) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			blob, err := c.srcStore.Blob(ctx, r.ID, nil)
+			blob, data, err := c.srcStore.Blob(ctx, r.ID, nil)
 			if err != nil {
 				cancel(fmt.Errorf("source chunk %s: %w (run narstore verify on the source)", r.ID, err))
 				return
@@ -238,6 +242,9 @@ func (c *Copier) copyBlobs(ctx context.Context, recs []index.Chunk) error {
 			if err := c.dstStore.Store().Put(ctx, r.ID, blob); err != nil {
 				cancel(fmt.Errorf("destination chunk %s: %w", r.ID, err))
 				return
+			}
+			if int(r.Depth) < store.DefaultMaxDeltaDepth {
+				r.Sims = ingest.SimilarityKeys(data)
 			}
 			c.Progress.Chunks.Add(1)
 			c.Progress.ChunkBytes.Add(int64(len(blob)))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync/atomic"
 	"testing"
 
@@ -205,6 +206,15 @@ func migrateAndCheck(t *testing.T, src *cache, dst func(st store.Store) *cache, 
 	}
 	if a, b := deltaChunks(t, src), deltaChunks(t, d); a != b {
 		t.Errorf("%d delta chunks in the source, %d in the destination", a, b)
+	}
+	// Similarity keys came along: a plain chunk is found by its own keys.
+	first, _ := d.ix.NAR(ctx, nis[0].NarHash)
+	data, err := d.chunks.Get(ctx, first.Chunks[1].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := d.ix.SimilarChunks(ctx, ingest.SimilarityKeys(data), 8); err != nil || !slices.Contains(ids, first.Chunks[1].ID) {
+		t.Errorf("destination similarity search for a copied chunk: %v %v", ids, err)
 	}
 	// Lineage: the destination's newest pkg is still pkg-3.0.
 	if p, err := d.ix.Predecessor(ctx, "pkg"); err != nil || p.Hash != nis[3].NarHash {

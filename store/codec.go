@@ -358,18 +358,18 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 	return data, nil
 }
 
-// Blob returns chunk id's stored blob as it is, after checking that it
-// decodes to bytes hashing to id (bases loaded through base, or Get if nil).
-// Copying blobs keeps their encoding, so a copy costs no recompression.
-func (c *Chunks) Blob(ctx context.Context, id chunker.ID, base BaseFunc) ([]byte, error) {
-	blob, err := c.readBlob(ctx, id)
+// Blob returns chunk id's stored blob as it is, and the bytes it decodes to,
+// after checking that they hash to id (bases loaded through base, or Get if
+// nil). Copying blobs keeps their encoding, so a copy costs no recompression.
+func (c *Chunks) Blob(ctx context.Context, id chunker.ID, base BaseFunc) (blob, data []byte, err error) {
+	blob, err = c.readBlob(ctx, id)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if _, err := c.decode(ctx, id, blob, base, 0); err != nil {
-		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	if data, err = c.decode(ctx, id, blob, base, 0); err != nil {
+		return nil, nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
-	return blob, nil
+	return blob, data, nil
 }
 
 // Chunk is Get under the name reassembly's ChunkSource uses.

@@ -30,6 +30,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 	xzImpl := fs.String("xz-decoder", "auto", "xz decoder: auto (liblzma's xz program if installed, else pure Go), exec or go")
 	normalize := fs.Bool("normalize", true, "replace reference hashes with a placeholder before chunking, so rebuilds dedup (recorded per NAR)")
 	delta := fs.Bool("delta", true, "store new chunks as zstd deltas against similar chunks of the package's previous version when that saves 20% or more")
+	similar := fs.Bool("similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index), for chunks the package's previous version has nothing like")
 	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
 	return func(ctx context.Context, env *cmdEnv) error {
 		if *upstream == "" {
@@ -73,7 +74,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 		defer closeAll()
 		in, err := ingest.New(up, ix, chunks, ingest.Options{
 			Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Jobs: *jobs, ChunkWorkers: *workers,
-			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta, Locker: locker, LockTTL: locks.ttl,
+			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta, SimilarSearch: *similar, Locker: locker, LockTTL: locks.ttl,
 		})
 		if err != nil {
 			return err

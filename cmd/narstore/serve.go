@@ -34,6 +34,7 @@ func setupServe(fs *flag.FlagSet) runFunc {
 	level := zstdLevelFlag(fs, 1)
 	normalize := fs.Bool("normalize", true, "pull-through and uploads: normalize reference hashes before chunking (recorded per NAR)")
 	delta := fs.Bool("delta", false, "pull-through: delta-encode new chunks against the package's previous version (more CPU on the request path)")
+	similar := fs.Bool("similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index)")
 	readAhead := fs.Int("read-ahead", reassembly.DefaultReadAhead, "chunks fetched ahead of each NAR response")
 	cacheMB := fs.Int("chunk-cache-mb", 256, "in-memory cache of hot chunks, in MB (0 disables)")
 	tzstd := fs.Bool("transport-zstd", true, "send NARs with Content-Encoding: zstd to clients whose Accept-Encoding asks for it")
@@ -87,7 +88,7 @@ func setupServe(fs *flag.FlagSet) runFunc {
 		}
 		defer closeAll()
 		in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Logger: env.log,
-			Normalize: *normalize, Delta: *delta, Locker: locker, LockTTL: locks.ttl})
+			Normalize: *normalize, Delta: *delta, SimilarSearch: *similar, Locker: locker, LockTTL: locks.ttl})
 		if err != nil {
 			return err
 		}

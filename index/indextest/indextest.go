@@ -213,6 +213,34 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 	})
 
+	t.Run("SimilarChunks", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("similar", 3, 100)
+		chunks[0].Sims = []uint64{1, 2, 3, 1 << 63} // high bit: stored as a negative int64
+		chunks[1].Sims = []uint64{3, 4}
+		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ix.SimilarChunks(ctx, []uint64{1, 3, 1 << 63, 99}, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0] != chunks[0].ID || got[1] != chunks[1].ID {
+			t.Errorf("SimilarChunks = %v, want chunk 0 (3 keys) then chunk 1 (1 key)", got)
+		}
+		if got, _ := ix.SimilarChunks(ctx, []uint64{1, 3}, 1); len(got) != 1 || got[0] != chunks[0].ID {
+			t.Errorf("limit 1: %v", got)
+		}
+		if got, _ := ix.SimilarChunks(ctx, []uint64{42}, 10); len(got) != 0 {
+			t.Errorf("no shared key: %v", got)
+		}
+		// Chunks does not return the keys.
+		recs, _ := ix.Chunks(ctx, []chunker.ID{chunks[0].ID})
+		if recs[0].Sims != nil {
+			t.Errorf("Chunks returned Sims %v", recs[0].Sims)
+		}
+	})
+
 	t.Run("RefMapAndPredecessor", func(t *testing.T) {
 		ix := newIdx(t)
 		if _, err := ix.Predecessor(ctx, "hello"); !errors.Is(err, index.ErrNotFound) {
