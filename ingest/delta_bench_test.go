@@ -45,7 +45,7 @@ func newDeltaEnv(b *testing.B) *deltaEnv {
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	p, _ := chunker.LookupPreset(chunker.DefaultPreset)
 	bases, _ := strconv.Atoi(os.Getenv("NARSTORE_BENCH_DELTA_BASES"))
-	in, _ := ingest.New(nil, ix, c, ingest.Options{Preset: p, Delta: true, Normalize: true, DeltaBases: bases})
+	in, _ := ingest.New(nil, ix, c, ingest.Options{Preset: p, Delta: true, SimilarSearch: true, Normalize: true, DeltaBases: bases})
 	return &deltaEnv{dir: dir, ix: ix, chunks: c, in: in}
 }
 
