@@ -74,6 +74,10 @@ type Chunks struct {
 	level    zstd.EncoderLevel
 	maxDepth int
 	blobs    sync.Pool // *[]byte buffers for Encode
+
+	// Delta decoders are reused with a new raw dictionary each time:
+	// creating one per chunk allocates (and clears) its whole window.
+	deltaDecs sync.Pool // *zstd.Decoder
 }
 
 // DefaultLevel is the zstd level new chunks get unless configured. Measured
@@ -175,15 +179,11 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 			dict = append(dict, b.Data...)
 		}
 	}
-	// The fastest zstd level barely matches into a raw dictionary, so deltas
-	// always use at least the default level.
-	lvl := max(c.level, zstd.SpeedDefault)
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(1), zstd.WithEncoderDictRaw(1, dict), zstd.WithWindowSize(windowFor(len(dict)+len(data))))
+	window := windowFor(len(dict) + len(data))
+	enc, err := c.deltaEncoder(dict, window)
 	if err != nil {
 		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
 	}
-	defer enc.Close()
 	w := Written{Encoding: EncZstdDelta}
 	blob := make([]byte, 2, 3+len(bases)*len(chunker.ID{})+len(data)/4)
 	blob[0] = blobVersion
@@ -197,8 +197,19 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 		w.Bases = append(w.Bases, b.ID)
 	}
 	blob = enc.EncodeAll(data, blob)
+	enc.Close()
 	w.StoredSize = len(blob)
 	return blob, w, nil
+}
+
+// deltaEncoder returns an encoder with dict as its raw dictionary. (Pooling
+// them and swapping the dictionary was measured slower than a new one.)
+func (c *Chunks) deltaEncoder(dict []byte, window int) (*zstd.Encoder, error) {
+	// The fastest zstd level barely matches into a raw dictionary, so deltas
+	// always use at least the default level.
+	lvl := max(c.level, zstd.SpeedDefault)
+	return zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(1), zstd.WithEncoderDictRaw(1, dict), zstd.WithWindowSize(window))
 }
 
 func windowFor(n int) int {
@@ -341,13 +352,7 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 				dict = append(dict, base...)
 			}
 		}
-		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderDictRaw(1, dict),
-			zstd.WithDecoderMaxMemory(MaxChunkSize), zstd.WithDecoderMaxWindow(uint64(windowFor(len(dict)+MaxChunkSize))))
-		if err != nil {
-			return nil, err
-		}
-		data, err = dec.DecodeAll(payload, make([]byte, 0, frameSize(payload)))
-		dec.Close()
+		data, err = c.decodeDelta(payload, dict)
 		if err != nil {
 			return nil, fmt.Errorf("zstd delta: %v: %w", err, ErrCorrupt)
 		}
@@ -370,6 +375,31 @@ func (c *Chunks) Blob(ctx context.Context, id chunker.ID, base BaseFunc) (blob, 
 		return nil, nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
 	return blob, data, nil
+}
+
+// decodeDelta decodes one delta frame with dict as its raw dictionary, on a
+// pooled decoder.
+func (c *Chunks) decodeDelta(payload, dict []byte) ([]byte, error) {
+	opts := []zstd.DOption{zstd.WithDecoderDictRaw(1, dict), zstd.WithDecoderMaxWindow(uint64(windowFor(len(dict) + MaxChunkSize)))}
+	dec, _ := c.deltaDecs.Get().(*zstd.Decoder)
+	if dec != nil {
+		if err := dec.ResetWithOptions(nil, opts...); err != nil {
+			dec.Close()
+			dec = nil
+		}
+	}
+	if dec == nil {
+		var err error
+		dec, err = zstd.NewReader(nil, append(opts, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxChunkSize))...)
+		if err != nil {
+			return nil, err
+		}
+	}
+	data, err := dec.DecodeAll(payload, make([]byte, 0, frameSize(payload)))
+	if dec.ResetWithOptions(nil, zstd.WithDecoderDictRaw(1, nil)) == nil { // drop the dictionary while pooled
+		c.deltaDecs.Put(dec)
+	}
+	return data, err
 }
 
 // Chunk is Get under the name reassembly's ChunkSource uses.

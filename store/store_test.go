@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -289,5 +290,54 @@ func BenchmarkDirPut(b *testing.B) {
 		if err := d.Put(context.Background(), chunker.Sum([]byte(fmt.Sprint(i))), blob); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Delta encoders and decoders are pooled and get a new dictionary each
+// time: many deltas against different bases, concurrently, all round-trip.
+func TestChunksDeltaCodersReused(t *testing.T) {
+	ctx := context.Background()
+	d := newDir(t)
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			base := randomBytes(64<<10+i*1000, uint64(100+i))
+			next := append([]byte(nil), base...)
+			copy(next[i*10:], "edited")
+			baseID, nextID := chunker.Sum(base), chunker.Sum(next)
+			if _, err := c.Put(ctx, baseID, base); err != nil {
+				errs <- err
+				return
+			}
+			bases := []store.Base{{ID: baseID, Data: base}}
+			if i%2 == 1 { // some with two bases
+				other := randomBytes(10<<10, uint64(1000+i))
+				otherID := chunker.Sum(other)
+				c.Put(ctx, otherID, other)
+				bases = append([]store.Base{{ID: otherID, Data: other}}, bases...)
+			}
+			blob, w, err := c.EncodeDelta(next, bases)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if w.StoredSize > 2<<10 {
+				errs <- fmt.Errorf("delta %d: %d bytes, the dictionary was not used", i, w.StoredSize)
+				return
+			}
+			d.Put(ctx, nextID, blob)
+			if got, err := c.Get(ctx, nextID); err != nil || !bytes.Equal(got, next) {
+				errs <- fmt.Errorf("delta %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
