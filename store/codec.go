@@ -336,6 +336,9 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 			return nil, fmt.Errorf("delta chain deeper than %d: %w", c.maxDepth, ErrCorrupt)
 		}
 		var dict []byte
+		if len(bases) > 1 {
+			dict = make([]byte, 0, len(bases)*(256<<10))
+		}
 		for _, baseID := range bases {
 			var base []byte
 			if baseFn != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/store"
 )
 
 func setupIngest(fs *flag.FlagSet) runFunc {
@@ -31,8 +32,12 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 	normalize := fs.Bool("normalize", true, "replace reference hashes with a placeholder before chunking, so rebuilds dedup (recorded per NAR)")
 	delta := fs.Bool("delta", true, "store new chunks as zstd deltas against similar chunks of the package's previous version when that saves 20% or more")
 	similar := fs.Bool("similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index), for chunks the package's previous version has nothing like")
+	deltaBases := fs.Int("delta-bases", 3, "with --delta: how many similar chunks (the best one and its neighbours) one delta may use as its dictionary, 1 to 4; more stores less, and costs ingest and read CPU")
 	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
 	return func(ctx context.Context, env *cmdEnv) error {
+		if *deltaBases < 1 || *deltaBases > store.MaxDeltaBases {
+			return &exitError{code: 2, msg: fmt.Sprintf("--delta-bases %d: want 1 to %d", *deltaBases, store.MaxDeltaBases)}
+		}
 		if *upstream == "" {
 			return &exitError{code: 2, msg: "ingest needs --upstream URL (for example https://cache.nixos.org)"}
 		}
@@ -74,7 +79,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 		defer closeAll()
 		in, err := ingest.New(up, ix, chunks, ingest.Options{
 			Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Jobs: *jobs, ChunkWorkers: *workers,
-			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta, SimilarSearch: *similar, Locker: locker, LockTTL: locks.ttl,
+			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta, SimilarSearch: *similar, DeltaBases: *deltaBases, Locker: locker, LockTTL: locks.ttl,
 		})
 		if err != nil {
 			return err
