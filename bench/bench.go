@@ -72,6 +72,11 @@ type Options struct {
 	Upstream string
 	Keys     narinfo.PublicKeys
 	Progress io.Writer // one line per finished bump; nil for none
+	// DeltaBases and SimilarSearch tune delta configurations as the ingest
+	// options of the same names; zero values mean ingest's defaults (3 bases,
+	// search on).
+	DeltaBases      int
+	NoSimilarSearch bool
 }
 
 // Row is one configuration after one bump. Byte and count columns are
@@ -224,7 +229,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 			return nil, nil, err
 		}
 	}
-	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, SimilarSearch: c.Delta, Normalize: c.Normalize})
+	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, SimilarSearch: c.Delta && !o.NoSimilarSearch, DeltaBases: o.DeltaBases, Normalize: c.Normalize})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -29,6 +29,8 @@ func setupBench(fs *flag.FlagSet) runFunc {
 	delta := fs.String("delta", "off", "delta encoding values to sweep: off, on or off,on")
 	normalize := fs.String("normalize", "off", "store-reference normalization values to sweep: off, on or off,on (needs --bump-paths)")
 	parallel := fs.Int("parallel", 2, "configurations run at once")
+	deltaBases := fs.Int("delta-bases", 3, "for delta configurations: bases per delta chunk (as ingest --delta-bases)")
+	similar := fs.Bool("similar-search", true, "for delta configurations: store-wide similar-chunk search (as ingest --similar-search)")
 	fromJSON := fs.String("from-json", "", "re-render the table, CSV and charts from an earlier results.json instead of running")
 	tmp := fs.String("tmp", "", "where throwaway stores are made (default: the system temp dir)")
 	putPrice := fs.Float64("price-put", bench.DefaultPrices.PutPer1000, "USD per 1000 PUT requests (S3 Standard list price)")
@@ -47,7 +49,7 @@ func setupBench(fs *flag.FlagSet) runFunc {
 			bench.WriteTable(env.stdout, rows)
 			return bench.WriteFiles(*out, rows)
 		}
-		o := bench.Options{Parallel: *parallel, TempDir: *tmp, Progress: env.stderr,
+		o := bench.Options{Parallel: *parallel, TempDir: *tmp, Progress: env.stderr, DeltaBases: *deltaBases, NoSimilarSearch: !*similar,
 			Prices: bench.Prices{PutPer1000: *putPrice, GetPer1000: *getPrice, GBMonth: *gbPrice}}
 		switch {
 		case *bumps != "" && *bumpPaths != "":
