@@ -21,6 +21,7 @@ import (
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/store"
 )
 
 var (
@@ -69,8 +70,13 @@ type Chunk struct {
 	Sims []uint64
 }
 
-// encMultiDelta is store.EncZstdMultiDelta, whose bases are in chunk_bases.
-const encMultiDelta = 3
+// encMultiDelta chunks keep their bases in chunk_bases.
+const encMultiDelta = uint8(store.EncZstdMultiDelta)
+
+// walkNARsFrom is the FROM clause of WalkNARs, oldest first (then lineage
+// order within a second), the same in both SQL dialects.
+const walkNARsFrom = ` FROM nars LEFT JOIN (SELECT nar_hash AS lineage_hash, min(seq) AS lineage_seq FROM nar_names GROUP BY nar_hash) lineage
+	ON lineage.lineage_hash = nars.nar_hash ORDER BY nars.created_at, lineage.lineage_seq`
 
 // PendingTTL is how long a pending narinfo is kept when its NAR is never
 // fetched.

@@ -431,8 +431,7 @@ func (p *Postgres) Predecessor(ctx context.Context, pname string) (*NAR, error) 
 
 // WalkNARs implements Index.
 func (p *Postgres) WalkNARs(ctx context.Context, fn func(*NAR) error) error {
-	rows, err := p.pool.Query(ctx, `SELECT `+qualified(pgNarCols, "nars")+` FROM nars LEFT JOIN (SELECT nar_hash AS lineage_hash, min(seq) AS lineage_seq FROM nar_names GROUP BY nar_hash) lineage
-		ON lineage.lineage_hash = nars.nar_hash ORDER BY nars.created_at, lineage.lineage_seq`)
+	rows, err := p.pool.Query(ctx, `SELECT `+qualified(pgNarCols, "nars")+walkNARsFrom)
 	if err != nil {
 		return err
 	}

@@ -447,8 +447,7 @@ func (s *SQLite) AddNarInfo(ctx context.Context, ni *narinfo.NarInfo) error {
 
 // WalkNARs implements Index.
 func (s *SQLite) WalkNARs(ctx context.Context, fn func(*NAR) error) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+qualified(narCols, "nars")+` FROM nars LEFT JOIN (SELECT nar_hash AS lineage_hash, min(seq) AS lineage_seq FROM nar_names GROUP BY nar_hash) lineage
-		ON lineage.lineage_hash = nars.nar_hash ORDER BY nars.created_at, lineage.lineage_seq`)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+qualified(narCols, "nars")+walkNARsFrom)
 	if err != nil {
 		return err
 	}

@@ -187,11 +187,9 @@ type match struct {
 	best  int
 }
 
-// best returns the predecessor chunks similar to data, if the most similar
-// one shares enough samples.
-func (di *deltaIndex) best(data []byte) (match, bool) {
-	feats := map[uint64]struct{}{}
-	features(data, feats)
+// best returns the predecessor chunks similar to a chunk with sampled
+// features feats, if the most similar one shares enough samples.
+func (di *deltaIndex) best(feats map[uint64]struct{}) (match, bool) {
 	if len(feats) < 4 {
 		return match{}, false
 	}
@@ -272,9 +270,19 @@ func (di *deltaIndex) candidates(m match, n int) []int {
 // base when it beats plain zstd by the configured margin, else plain zstd.
 // A delta of 1/20 of the chunk or less is taken without trying plain zstd,
 // which on real data does not compress that well.
-func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte) ([]byte, store.Written, uint8, error) {
+// encodeChunk returns the blob to store for data, its description and delta
+// depth, and its similarity keys (nil unless delta search is on). The
+// chunk's features are sampled once, for all three uses.
+func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte) ([]byte, store.Written, uint8, []uint64, error) {
+	if !in.opts.Delta {
+		blob, w := in.chunks.Encode(data)
+		return blob, w, 0, nil, nil
+	}
+	feats := map[uint64]struct{}{}
+	features(data, feats)
+	keys := simKeys(feats)
 	if di != nil {
-		if m, ok := di.best(data); ok {
+		if m, ok := di.best(feats); ok {
 			var bases []store.Base
 			var depth uint8
 			for _, i := range di.candidates(m, in.opts.DeltaBases) {
@@ -287,17 +295,19 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 				depth = max(depth, b.depth+1)
 			}
 			if len(bases) > 0 {
-				return in.pickDelta(data, bases, depth)
+				blob, w, depth, err := in.pickDelta(data, bases, depth)
+				return blob, w, depth, keys, err
 			}
 		}
 	}
-	if in.opts.Delta && in.opts.SimilarSearch {
-		if base, depth, ok := in.similarBase(ctx, data); ok {
-			return in.pickDelta(data, []store.Base{base}, depth)
+	if in.opts.SimilarSearch {
+		if base, depth, ok := in.similarBase(ctx, keys); ok {
+			blob, w, depth, err := in.pickDelta(data, []store.Base{base}, depth)
+			return blob, w, depth, keys, err
 		}
 	}
 	blob, w := in.chunks.Encode(data)
-	return blob, w, 0, nil
+	return blob, w, 0, keys, nil
 }
 
 // pickDelta returns the delta against bases when it beats plain zstd by the
@@ -321,8 +331,7 @@ func (in *Ingester) pickDelta(data []byte, bases []store.Base, depth uint8) ([]b
 // similarBase looks for a base anywhere in the store (not only in the
 // package's previous NAR) by similarity keys: the stored chunk sharing most
 // keys whose depth allows one more step.
-func (in *Ingester) similarBase(ctx context.Context, data []byte) (store.Base, uint8, bool) {
-	keys := SimilarityKeys(data)
+func (in *Ingester) similarBase(ctx context.Context, keys []uint64) (store.Base, uint8, bool) {
 	if keys == nil {
 		return store.Base{}, 0, false
 	}

@@ -584,7 +584,7 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 		return nil, nil
 	}
 	data := (*j.buf)[:j.size]
-	blob, w, depth, err := in.encodeChunk(ctx, di, data)
+	blob, w, depth, keys, err := in.encodeChunk(ctx, di, data)
 	if err != nil {
 		return nil, err
 	}
@@ -597,8 +597,8 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 	in.Progress.NewChunks.Add(1)
 	in.Progress.NewStoredBytes.Add(int64(w.StoredSize))
 	rec := &index.Chunk{ID: j.id, Size: uint32(j.size), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Depth: depth}
-	if in.opts.Delta && int(depth) < in.opts.MaxDeltaDepth {
-		rec.Sims = SimilarityKeys(data)
+	if int(depth) < in.opts.MaxDeltaDepth { // may serve as a base
+		rec.Sims = keys
 	}
 	return rec, nil
 }

@@ -134,9 +134,9 @@ func BenchmarkServeNAR(b *testing.B) {
 // warm).
 func BenchmarkTTFB(b *testing.B) {
 	e := benchStore()
-	b.Run("nar", func(b *testing.B) { ttfb(b, e, "/nar/"+e.ni.NarHash32()+".nar") })
+	b.Run("nar", func(b *testing.B) { ttfb(b, e, "/nar/"+e.ni.NarHash32()+".nar", goClientTTFB) })
 	// The HTTP floor: a response that needs no index or chunk.
-	b.Run("nix-cache-info", func(b *testing.B) { ttfb(b, e, "/nix-cache-info") })
+	b.Run("nix-cache-info", func(b *testing.B) { ttfb(b, e, "/nix-cache-info", goClientTTFB) })
 	// A client in its own process, as Nix is: curl's time_starttransfer. An
 	// in-process client shares the Go scheduler with the server's read-ahead
 	// goroutines, which start right after the first bytes, and reads late.
@@ -144,56 +144,52 @@ func BenchmarkTTFB(b *testing.B) {
 		if _, err := exec.LookPath("curl"); err != nil {
 			b.Skip("curl not installed")
 		}
-		var total time.Duration
-		for b.Loop() {
-			b.StopTimer()
-			srv := reassembly.NewServer(e.ix, reassembly.NewCache(e.chunks, 256<<20), nil, reassembly.Options{TransportZstd: true})
-			hs := httptest.NewServer(srv.Handler())
-			cmd := exec.Command("sh", "-c", `curl -s -o - -w '%{stderr}%{time_starttransfer}' "$1" | head -c 1 >/dev/null`, "sh", hs.URL+"/nar/"+e.ni.NarHash32()+".nar")
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			cmd.Run()
-			sec, err := strconv.ParseFloat(strings.TrimSpace(stderr.String()), 64)
-			if err != nil {
-				b.Fatalf("curl: %q", stderr.String())
-			}
-			total += time.Duration(sec * float64(time.Second))
-			hs.CloseClientConnections()
-			hs.Close()
-			time.Sleep(20 * time.Millisecond)
-			b.StartTimer()
-		}
-		b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/first-byte")
+		ttfb(b, e, "/nar/"+e.ni.NarHash32()+".nar", curlTTFB)
 	})
 }
 
-func ttfb(b *testing.B, e *benchEnv, path string) {
+// ttfb reports the mean of measure (time to first body byte of url) over
+// requests to a fresh server each, so that nothing is cached.
+func ttfb(b *testing.B, e *benchEnv, path string, measure func(b *testing.B, url string) time.Duration) {
 	var total time.Duration
-	one := make([]byte, 1)
 	for b.Loop() {
 		b.StopTimer()
 		srv := reassembly.NewServer(e.ix, reassembly.NewCache(e.chunks, 256<<20), nil, reassembly.Options{TransportZstd: true})
 		hs := httptest.NewServer(srv.Handler())
-		url := hs.URL + path
-		tr := &http.Transport{}
-		b.StartTimer()
-		start := time.Now()
-		req, _ := http.NewRequest("GET", url, nil)
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(resp.Body, one); err != nil {
-			b.Fatal(err)
-		}
-		total += time.Since(start)
-		b.StopTimer()
-		resp.Body.Close() // abandons the rest; the server stops on the broken write
-		tr.CloseIdleConnections()
+		total += measure(b, hs.URL+path)
 		hs.CloseClientConnections()
 		hs.Close()
 		time.Sleep(20 * time.Millisecond) // let the abandoned response wind down
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/first-byte")
+}
+
+func goClientTTFB(b *testing.B, url string) time.Duration {
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	start := time.Now()
+	req, _ := http.NewRequest("GET", url, nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1)); err != nil {
+		b.Fatal(err)
+	}
+	d := time.Since(start)
+	resp.Body.Close() // abandons the rest; the server stops on the broken write
+	return d
+}
+
+func curlTTFB(b *testing.B, url string) time.Duration {
+	cmd := exec.Command("sh", "-c", `curl -s -o - -w '%{stderr}%{time_starttransfer}' "$1" | head -c 1 >/dev/null`, "sh", url)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Run()
+	sec, err := strconv.ParseFloat(strings.TrimSpace(stderr.String()), 64)
+	if err != nil {
+		b.Fatalf("curl: %q", stderr.String())
+	}
+	return time.Duration(sec * float64(time.Second))
 }

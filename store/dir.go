@@ -67,8 +67,13 @@ func OpenDir(root string) (*Dir, error) {
 }
 
 func (d *Dir) path(id chunker.ID) string {
+	return filepath.Join(d.root, "chunks", relPath(id))
+}
+
+// relPath is a blob's path below ROOT/chunks: ab/cd/abcd….
+func relPath(id chunker.ID) string {
 	h := id.String()
-	return filepath.Join(d.root, "chunks", h[:2], h[2:4], h)
+	return h[:2] + "/" + h[2:4] + "/" + h
 }
 
 // Get implements Store.
@@ -107,16 +112,13 @@ func (d *Dir) HasMany(ctx context.Context, ids []chunker.ID) ([]bool, error) {
 	fd := int(dir.Fd())
 	out := make([]bool, len(ids))
 	var st unix.Stat_t
-	rel := make([]byte, 0, 2+1+2+1+64)
 	for i, id := range ids {
 		if i%64 == 0 {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
 		}
-		h := id.String()
-		rel = append(append(append(append(append(rel[:0], h[:2]...), '/'), h[2:4]...), '/'), h...)
-		switch err := unix.Fstatat(fd, string(rel), &st, 0); {
+		switch err := unix.Fstatat(fd, relPath(id), &st, 0); {
 		case err == nil:
 			out[i] = true
 		case errors.Is(err, unix.ENOENT):
@@ -255,6 +257,3 @@ func (d *Dir) Walk(ctx context.Context, fn func(id chunker.ID, size int64) error
 		return fn(id, info.Size())
 	})
 }
-
-// Root returns the directory the store lives in.
-func (d *Dir) Root() string { return d.root }

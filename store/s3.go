@@ -68,6 +68,16 @@ type S3Requests struct {
 // Total is the sum of all requests.
 func (r S3Requests) Total() int64 { return r.Get + r.Put + r.Head + r.List + r.Delete + r.Other }
 
+// Add returns r+o, kind by kind.
+func (r S3Requests) Add(o S3Requests) S3Requests {
+	return S3Requests{r.Get + o.Get, r.Put + o.Put, r.Head + o.Head, r.List + o.List, r.Delete + o.Delete, r.Other + o.Other}
+}
+
+// Sub returns r-o, kind by kind: the requests between two readings.
+func (r S3Requests) Sub(o S3Requests) S3Requests {
+	return S3Requests{r.Get - o.Get, r.Put - o.Put, r.Head - o.Head, r.List - o.List, r.Delete - o.Delete, r.Other - o.Other}
+}
+
 // Requests returns how many requests this store has sent so far.
 func (s *S3) Requests() S3Requests {
 	c := s.reqs

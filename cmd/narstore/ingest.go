@@ -13,7 +13,6 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
-	"github.com/narstore/narstore/store"
 )
 
 func setupIngest(fs *flag.FlagSet) runFunc {
@@ -29,14 +28,11 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 	jobs := fs.Int("jobs", 4, "NARs ingested in parallel")
 	workers := fs.Int("chunk-workers", 0, "chunk compress/store workers per NAR (0: one per CPU)")
 	xzImpl := fs.String("xz-decoder", "auto", "xz decoder: auto (liblzma's xz program if installed, else pure Go), exec or go")
-	normalize := fs.Bool("normalize", true, "replace reference hashes with a placeholder before chunking, so rebuilds dedup (recorded per NAR)")
-	delta := fs.Bool("delta", true, "store new chunks as zstd deltas against similar chunks of the package's previous version when that saves 20% or more")
-	similar := fs.Bool("similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index), for chunks the package's previous version has nothing like")
-	deltaBases := fs.Int("delta-bases", 3, "with --delta: how many similar chunks (the best one and its neighbours) one delta may use as its dictionary, 1 to 4; more stores less, and costs ingest and read CPU")
+	dedup := dedupFlags(fs, true, "replace reference hashes with a placeholder before chunking, so rebuilds dedup (recorded per NAR)", "store new chunks as zstd deltas against similar chunks of the package's previous version when that saves 20% or more")
 	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
 	return func(ctx context.Context, env *cmdEnv) error {
-		if *deltaBases < 1 || *deltaBases > store.MaxDeltaBases {
-			return &exitError{code: 2, msg: fmt.Sprintf("--delta-bases %d: want 1 to %d", *deltaBases, store.MaxDeltaBases)}
+		if err := dedup.check(); err != nil {
+			return err
 		}
 		if *upstream == "" {
 			return &exitError{code: 2, msg: "ingest needs --upstream URL (for example https://cache.nixos.org)"}
@@ -77,10 +73,10 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 			return err
 		}
 		defer closeAll()
-		in, err := ingest.New(up, ix, chunks, ingest.Options{
+		in, err := ingest.New(up, ix, chunks, dedup.options(ingest.Options{
 			Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Jobs: *jobs, ChunkWorkers: *workers,
-			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Normalize: *normalize, Delta: *delta, SimilarSearch: *similar, DeltaBases: *deltaBases, Locker: locker, LockTTL: locks.ttl,
-		})
+			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Locker: locker, LockTTL: locks.ttl,
+		}))
 		if err != nil {
 			return err
 		}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/internal/nixtest"
 	"github.com/narstore/narstore/internal/testservers"
 )
@@ -290,7 +291,12 @@ func TestIngestAndServeOnPostgresAndS3(t *testing.T) {
 	if out, errs, code := narstore(t, append([]string{"verify"}, common...)...); code != 0 {
 		t.Fatalf("verify: %s %s", out, errs)
 	}
-	url := startServe(t, append(common, lockArgs...)...)
+	checkServedNARs(t, startServe(t, append(common, lockArgs...)...), nis)
+}
+
+// checkServedNARs GETs every NAR from a running serve and checks its hash.
+func checkServedNARs(t *testing.T, url string, nis []*narinfo.NarInfo) {
+	t.Helper()
 	for _, ni := range nis {
 		resp, err := http.Get(url + "/nar/" + ni.NarHash32() + ".nar")
 		if err != nil {
@@ -342,16 +348,5 @@ func TestMigrateCommand(t *testing.T) {
 	if src != dst {
 		t.Errorf("stats differ:\nsource %s\ncopy   %s", src, dst)
 	}
-	url := startServe(t, dest...)
-	for _, ni := range nis {
-		resp, err := http.Get(url + "/nar/" + ni.NarHash32() + ".nar")
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != 200 || sha256.Sum256(body) != ni.NarHash {
-			t.Fatalf("%s from the copy: status %d, %d bytes: not the NAR", ni.StorePath, resp.StatusCode, len(body))
-		}
-	}
+	checkServedNARs(t, startServe(t, dest...), nis)
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/reassembly"
-	"github.com/narstore/narstore/store"
 )
 
 func setupServe(fs *flag.FlagSet) runFunc {
@@ -33,10 +32,7 @@ func setupServe(fs *flag.FlagSet) runFunc {
 	preset := presetFlag(fs)
 	locks := lockFlags(fs)
 	level := zstdLevelFlag(fs, 1)
-	normalize := fs.Bool("normalize", true, "pull-through and uploads: normalize reference hashes before chunking (recorded per NAR)")
-	delta := fs.Bool("delta", false, "pull-through: delta-encode new chunks against the package's previous version (more CPU on the request path)")
-	similar := fs.Bool("similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index)")
-	deltaBases := fs.Int("delta-bases", 3, "with --delta: how many similar chunks (the best one and its neighbours) one delta may use as its dictionary, 1 to 4; more stores less, and costs ingest and read CPU")
+	dedup := dedupFlags(fs, false, "pull-through and uploads: normalize reference hashes before chunking (recorded per NAR)", "pull-through: delta-encode new chunks against the package's previous version (more CPU on the request path)")
 	readAhead := fs.Int("read-ahead", reassembly.DefaultReadAhead, "chunks fetched ahead of each NAR response")
 	cacheMB := fs.Int("chunk-cache-mb", 256, "in-memory cache of hot chunks, in MB (0 disables)")
 	tzstd := fs.Bool("transport-zstd", true, "send NARs with Content-Encoding: zstd to clients whose Accept-Encoding asks for it")
@@ -49,8 +45,8 @@ func setupServe(fs *flag.FlagSet) runFunc {
 	shutdown := fs.Duration("shutdown-timeout", 5*time.Minute, "on SIGTERM, how long in-flight downloads may take to finish")
 	drain := fs.Duration("drain-delay", 0, "on SIGTERM, first answer /healthz with 503 for this long while still serving, so a load balancer stops routing here before the listener closes")
 	return func(ctx context.Context, env *cmdEnv) error {
-		if *deltaBases < 1 || *deltaBases > store.MaxDeltaBases {
-			return &exitError{code: 2, msg: fmt.Sprintf("--delta-bases %d: want 1 to %d", *deltaBases, store.MaxDeltaBases)}
+		if err := dedup.check(); err != nil {
+			return err
 		}
 		p, err := chunker.LookupPreset(*preset)
 		if err != nil {
@@ -92,8 +88,8 @@ func setupServe(fs *flag.FlagSet) runFunc {
 			return err
 		}
 		defer closeAll()
-		in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Logger: env.log,
-			Normalize: *normalize, Delta: *delta, SimilarSearch: *similar, DeltaBases: *deltaBases, Locker: locker, LockTTL: locks.ttl})
+		in, err := ingest.New(up, ix, chunks, dedup.options(ingest.Options{Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Logger: env.log,
+			Locker: locker, LockTTL: locks.ttl}))
 		if err != nil {
 			return err
 		}

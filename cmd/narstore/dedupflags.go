@@ -1,0 +1,40 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/narstore/narstore/ingest"
+	"github.com/narstore/narstore/store"
+)
+
+// dedupConfig holds the dedup settings ingest and serve share.
+type dedupConfig struct {
+	normalize, delta, similar bool
+	bases                     int
+}
+
+// dedupFlags registers --normalize, --delta, --similar-search and
+// --delta-bases; the first two have per-command defaults and help.
+func dedupFlags(fs *flag.FlagSet, delta bool, normalizeHelp, deltaHelp string) *dedupConfig {
+	c := &dedupConfig{}
+	fs.BoolVar(&c.normalize, "normalize", true, normalizeHelp)
+	fs.BoolVar(&c.delta, "delta", delta, deltaHelp)
+	fs.BoolVar(&c.similar, "similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index), for chunks the package's previous version has nothing like")
+	fs.IntVar(&c.bases, "delta-bases", 3, "with --delta: how many similar chunks (the best one and its neighbours) one delta may use as its dictionary, 1 to 4; more stores less, and costs ingest and read CPU")
+	return c
+}
+
+// check reports a bad setting as a usage error.
+func (c *dedupConfig) check() error {
+	if c.bases < 1 || c.bases > store.MaxDeltaBases {
+		return &exitError{code: 2, msg: fmt.Sprintf("--delta-bases %d: want 1 to %d", c.bases, store.MaxDeltaBases)}
+	}
+	return nil
+}
+
+// options returns o with the dedup settings set.
+func (c *dedupConfig) options(o ingest.Options) ingest.Options {
+	o.Normalize, o.Delta, o.SimilarSearch, o.DeltaBases = c.normalize, c.delta, c.similar, c.bases
+	return o
+}
