@@ -103,9 +103,15 @@ func (e *errWrapReader) Read(p []byte) (int, error) {
 }
 
 // execDecoder runs an external decompressor with r on stdin.
+//
+// Both pipes are 1 MiB instead of 64 KiB. Compressed input is fed by a
+// goroutine that shares the Go scheduler with chunking and compression; with
+// a 64 KiB pipe the decoder ran dry whenever that goroutine waited a few
+// milliseconds for a P, and decoding and ingest took turns instead of running
+// side by side.
 func execDecoder(r io.Reader, name string, args ...string) (io.ReadCloser, error) {
 	cmd := exec.Command(name, args...)
-	cmd.Stdin = &srcErrReader{r: r}
+	src := &srcErrReader{r: r}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = 2 * time.Second
@@ -114,14 +120,29 @@ func execDecoder(r io.Reader, name string, args ...string) (io.ReadCloser, error
 		return nil, err
 	}
 	if f, ok := out.(*os.File); ok {
-		// A 1 MiB pipe instead of 64 KiB: far fewer wake-ups between the
-		// decoder and us.
 		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	}
-	if err := cmd.Start(); err != nil {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		out.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	return &execReader{cmd: cmd, out: out, stderr: &stderr, name: name, src: cmd.Stdin.(*srcErrReader)}, nil
+	unix.FcntlInt(inW.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	cmd.Stdin = inR
+	if err := cmd.Start(); err != nil {
+		inR.Close()
+		inW.Close()
+		out.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	inR.Close() // the child has its copy
+	go func() {
+		// A source error is kept by src and reported by Read; a write error
+		// means the decoder has exited, which Read reports too.
+		io.Copy(inW, src)
+		inW.Close()
+	}()
+	return &execReader{cmd: cmd, out: out, stderr: &stderr, name: name, src: src}, nil
 }
 
 // srcErrReader remembers the error the source gave (a broken upstream

@@ -187,6 +187,7 @@ func (d *Dir) putTmpfile(dir, final string, blob []byte) error {
 	if _, err := f.Write(blob); err != nil {
 		return err
 	}
+	d.startWriteback(fd)
 	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
 	if errors.Is(err, unix.EEXIST) {
 		return nil
@@ -222,7 +223,18 @@ func (d *Dir) writeTmp(path string, blob []byte) error {
 		f.Close()
 		return err
 	}
+	d.startWriteback(int(f.Fd()))
 	return f.Close()
+}
+
+// startWriteback asks the kernel to start writing a new blob to disk now, so
+// that the Sync before the index commit waits for little: writing overlaps
+// with chunking and compressing the rest of the NAR instead of following it.
+// It does not wait and does not make the blob durable; Sync still does that.
+func (d *Dir) startWriteback(fd int) {
+	if !d.NoSync {
+		unix.SyncFileRange(fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+	}
 }
 
 // Delete implements Store.
