@@ -136,13 +136,15 @@ func execDecoder(r io.Reader, name string, args ...string) (io.ReadCloser, error
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	inR.Close() // the child has its copy
+	fed := make(chan struct{})
 	go func() {
+		defer close(fed)
 		// A source error is kept by src and reported by Read; a write error
 		// means the decoder has exited, which Read reports too.
 		io.Copy(inW, src)
 		inW.Close()
 	}()
-	return &execReader{cmd: cmd, out: out, stderr: &stderr, name: name, src: src}, nil
+	return &execReader{cmd: cmd, out: out, stderr: &stderr, name: name, src: src, fed: fed}, nil
 }
 
 // srcErrReader remembers the error the source gave (a broken upstream
@@ -169,9 +171,15 @@ type execReader struct {
 	stderr *bytes.Buffer
 	name   string
 	src    *srcErrReader
+	fed    chan struct{} // closed when the feeding goroutine has returned
 	done   bool
 	err    error
 }
+
+// feedGrace bounds how long the end of a stream waits for the goroutine
+// feeding the decoder to notice: it is normally at EOF or about to get EPIPE,
+// but a stalled upstream must not hold a finished NAR.
+const feedGrace = 2 * time.Second
 
 func (e *execReader) Read(p []byte) (int, error) {
 	if e.done {
@@ -180,7 +188,14 @@ func (e *execReader) Read(p []byte) (int, error) {
 	n, err := e.out.Read(p)
 	if err == io.EOF {
 		e.done = true
-		if werr := e.cmd.Wait(); werr != nil {
+		werr := e.cmd.Wait()
+		// Let the feeder finish, so callers see the source fully consumed
+		// (its byte count) before they see EOF, as exec's own stdin copy did.
+		select {
+		case <-e.fed:
+		case <-time.After(feedGrace):
+		}
+		if werr != nil {
 			e.src.mu.Lock()
 			srcErr := e.src.err
 			e.src.mu.Unlock()

@@ -556,7 +556,7 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 			nar.Transform, nar.RefMap = refnorm.Transform, m.Marshal()
 		}
 	}
-	nar.UpstreamSize = uint64(counted.count)
+	nar.UpstreamSize = uint64(counted.count.Load())
 	res.UpstreamSize = nar.UpstreamSize
 	res.Chunks = len(nar.Chunks)
 	res.NewChunks = len(newChunks)
@@ -603,15 +603,18 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 	return rec, nil
 }
 
+// countingReader counts the bytes read from r. The count is atomic: an
+// external decoder's feeding goroutine may still be reading when the ingest
+// looks at it.
 type countingReader struct {
 	r     io.Reader
-	count int64
+	count atomic.Int64
 	n     *atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.count += int64(n)
+	c.count.Add(int64(n))
 	c.n.Add(int64(n))
 	return n, err
 }
