@@ -187,7 +187,7 @@ func TestRealNixFileCache(t *testing.T) {
 
 var binPath string
 
-func buildBinary(t *testing.T) string {
+func buildBinary(t testing.TB) string {
 	t.Helper()
 	if binPath != "" {
 		return binPath
