@@ -150,25 +150,34 @@ func BenchmarkIngest(b *testing.B) {
 // time spent waiting for the disk, and it counts the work that runs outside
 // the Go scheduler's P (system calls, the decoder process).
 type cpuMeter struct {
-	self, children time.Duration
-	t0s, t0c       time.Duration
+	self, sys, children time.Duration
+	t0s, t0sys, t0c     time.Duration
 }
 
-func rusage(who int) time.Duration {
+// rusage returns the CPU time (user + system) and the system part.
+func rusage(who int) (total, sys time.Duration) {
 	var ru unix.Rusage
 	unix.Getrusage(who, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), time.Duration(ru.Stime.Nano())
 }
 
-func (c *cpuMeter) start() { c.t0s, c.t0c = rusage(unix.RUSAGE_SELF), rusage(unix.RUSAGE_CHILDREN) }
+func (c *cpuMeter) start() {
+	c.t0s, c.t0sys = rusage(unix.RUSAGE_SELF)
+	c.t0c, _ = rusage(unix.RUSAGE_CHILDREN)
+}
+
 func (c *cpuMeter) stop() {
-	c.self += rusage(unix.RUSAGE_SELF) - c.t0s
-	c.children += rusage(unix.RUSAGE_CHILDREN) - c.t0c
+	s, sys := rusage(unix.RUSAGE_SELF)
+	ch, _ := rusage(unix.RUSAGE_CHILDREN)
+	c.self += s - c.t0s
+	c.sys += sys - c.t0sys
+	c.children += ch - c.t0c
 }
 
 func (c *cpuMeter) report(b *testing.B, size int) {
 	mb := float64(size) * float64(b.N) / 1e6
 	b.ReportMetric(mb/c.self.Seconds(), "MB/cpu-s")
+	b.ReportMetric(100*c.sys.Seconds()/c.self.Seconds(), "%sys")
 	if c.children > 0 {
 		b.ReportMetric(mb/c.children.Seconds(), "MB/decoder-cpu-s")
 	}
