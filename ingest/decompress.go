@@ -120,14 +120,14 @@ func execDecoder(r io.Reader, name string, args ...string) (io.ReadCloser, error
 		return nil, err
 	}
 	if f, ok := out.(*os.File); ok {
-		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+		setPipeSize(f, 1<<20)
 	}
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		out.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	unix.FcntlInt(inW.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	setPipeSize(inW, 1<<20)
 	cmd.Stdin = inR
 	if err := cmd.Start(); err != nil {
 		inR.Close()
@@ -145,6 +145,16 @@ func execDecoder(r io.Reader, name string, args ...string) (io.ReadCloser, error
 		inW.Close()
 	}()
 	return &execReader{cmd: cmd, out: out, stderr: &stderr, name: name, src: src, fed: fed}, nil
+}
+
+// setPipeSize grows a pipe's buffer. It goes through SyscallConn, not Fd:
+// Fd would switch the pipe to blocking mode, and with GOMAXPROCS=1 a
+// goroutine blocked in a pipe read or write keeps the only P until sysmon
+// takes it back, stalling chunking and compression meanwhile.
+func setPipeSize(f *os.File, size int) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size) })
+	}
 }
 
 // srcErrReader remembers the error the source gave (a broken upstream
