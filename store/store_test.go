@@ -301,6 +301,9 @@ func TestChunksDeltaCodersReused(t *testing.T) {
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
+	// Decoded chunks are checked again once every goroutine is done: a
+	// result sharing memory with a reused dictionary buffer would change.
+	gots, wants := make([][]byte, 64), make([][]byte, 64)
 	for i := range 64 {
 		wg.Add(1)
 		go func() {
@@ -330,12 +333,19 @@ func TestChunksDeltaCodersReused(t *testing.T) {
 				return
 			}
 			d.Put(ctx, nextID, blob)
-			if got, err := c.Get(ctx, nextID); err != nil || !bytes.Equal(got, next) {
+			got, err := c.Get(ctx, nextID)
+			if err != nil || !bytes.Equal(got, next) {
 				errs <- fmt.Errorf("delta %d: %v", i, err)
 			}
+			gots[i], wants[i] = got, next
 		}()
 	}
 	wg.Wait()
+	for i := range gots {
+		if gots[i] != nil && !bytes.Equal(gots[i], wants[i]) {
+			t.Errorf("delta %d: decoded bytes changed after Get returned", i)
+		}
+	}
 	close(errs)
 	for err := range errs {
 		t.Error(err)
