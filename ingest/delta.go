@@ -1,7 +1,9 @@
 package ingest
 
 import (
+	"container/list"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -103,11 +105,72 @@ type baseCandidate struct {
 type deltaIndex struct {
 	bases []baseCandidate
 	inv   map[uint64][]int32
-	// a few recently used bases' bytes: consecutive new chunks share
-	// neighbours
-	mu    sync.Mutex
-	cache map[chunker.ID][]byte
-	order []chunker.ID
+	cache *baseCache
+}
+
+// baseCacheBytes bounds the decoded chunks one NAR's delta search keeps
+// (Options.Jobs NARs run at once).
+const baseCacheBytes = 32 << 20
+
+// baseCache holds recently decoded chunks for one NAR's delta search: the
+// predecessor's chunks and, as GetWith's base loader, their own bases, which
+// neighbouring chunks share. Without it a chunk of depth d with k bases cost
+// about k^d decodes, and each predecessor chunk was decoded twice (features,
+// then dictionary): on the large corpus, decoding was ~40% of a delta bump's
+// ingest.
+type baseCache struct {
+	chunks *store.Chunks
+	max    int64
+	mu     sync.Mutex
+	bytes  int64
+	lru    *list.List // of *baseEntry, most recent first
+	m      map[chunker.ID]*list.Element
+}
+
+type baseEntry struct {
+	id   chunker.ID
+	data []byte
+}
+
+func newBaseCache(c *store.Chunks, max int64) *baseCache {
+	return &baseCache{chunks: c, max: max, lru: list.New(), m: map[chunker.ID]*list.Element{}}
+}
+
+type baseDepthKey struct{}
+
+// get returns chunk id's verified bytes. Bases of bases load through the
+// cache too; the nesting is counted, so a corrupt store whose blobs name
+// each other fails instead of recursing forever.
+func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
+	b.mu.Lock()
+	if el, ok := b.m[id]; ok {
+		b.lru.MoveToFront(el)
+		b.mu.Unlock()
+		return el.Value.(*baseEntry).data, nil
+	}
+	b.mu.Unlock()
+	depth, _ := ctx.Value(baseDepthKey{}).(int)
+	if depth > b.chunks.MaxDepth() {
+		return nil, fmt.Errorf("chunk %s: delta bases nest deeper than %d: %w", id, b.chunks.MaxDepth(), store.ErrCorrupt)
+	}
+	data, err := b.chunks.GetWith(context.WithValue(ctx, baseDepthKey{}, depth+1), id, b.get)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	if _, ok := b.m[id]; !ok && int64(len(data)) <= b.max/4 {
+		b.m[id] = b.lru.PushFront(&baseEntry{id: id, data: data})
+		b.bytes += int64(len(data))
+		for b.bytes > b.max {
+			el := b.lru.Back()
+			e := el.Value.(*baseEntry)
+			b.lru.Remove(el)
+			delete(b.m, e.id)
+			b.bytes -= int64(len(e.data))
+		}
+	}
+	b.mu.Unlock()
+	return data, nil
 }
 
 // newDeltaIndex loads the predecessor's chunks whose delta depth allows one
@@ -126,7 +189,7 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	if err != nil {
 		return nil
 	}
-	di := &deltaIndex{inv: map[uint64][]int32{}, cache: map[chunker.ID][]byte{}}
+	di := &deltaIndex{inv: map[uint64][]int32{}, cache: newBaseCache(in.chunks, baseCacheBytes)}
 	feats := map[uint64]struct{}{}
 	usable := 0
 	for i, id := range ids {
@@ -135,7 +198,7 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 		if recs[i].ID.IsZero() || int(recs[i].Depth) >= in.opts.MaxDeltaDepth {
 			continue
 		}
-		data, err := in.chunks.Get(ctx, id)
+		data, err := di.cache.get(ctx, id)
 		if err != nil {
 			continue
 		}
@@ -153,30 +216,9 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	return di
 }
 
-// baseData returns a base's verified bytes, through a small cache.
-func (di *deltaIndex) baseData(ctx context.Context, c *store.Chunks, id chunker.ID) ([]byte, error) {
-	const keep = 16
-	di.mu.Lock()
-	data, ok := di.cache[id]
-	di.mu.Unlock()
-	if ok {
-		return data, nil
-	}
-	data, err := c.Get(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	di.mu.Lock()
-	if _, ok := di.cache[id]; !ok {
-		di.cache[id] = data
-		di.order = append(di.order, id)
-		if len(di.order) > keep {
-			delete(di.cache, di.order[0])
-			di.order = di.order[1:]
-		}
-	}
-	di.mu.Unlock()
-	return data, nil
+// baseData returns a base's verified bytes, through the cache.
+func (di *deltaIndex) baseData(ctx context.Context, id chunker.ID) ([]byte, error) {
+	return di.cache.get(ctx, id)
 }
 
 // match is a chunk's similarity to the predecessor: the votes (shared
@@ -287,7 +329,7 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 			var depth uint8
 			for _, i := range di.candidates(m, in.opts.DeltaBases) {
 				b := di.bases[i]
-				bd, err := di.baseData(ctx, in.chunks, b.id)
+				bd, err := di.baseData(ctx, b.id)
 				if err != nil { // a base that went away: do without it
 					continue
 				}
@@ -301,7 +343,7 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 		}
 	}
 	if in.opts.SimilarSearch {
-		if base, depth, ok := in.similarBase(ctx, keys); ok {
+		if base, depth, ok := in.similarBase(ctx, di, keys); ok {
 			blob, w, depth, err := in.pickDelta(data, []store.Base{base}, depth)
 			return blob, w, depth, keys, err
 		}
@@ -331,7 +373,7 @@ func (in *Ingester) pickDelta(data []byte, bases []store.Base, depth uint8) ([]b
 // similarBase looks for a base anywhere in the store (not only in the
 // package's previous NAR) by similarity keys: the stored chunk sharing most
 // keys whose depth allows one more step.
-func (in *Ingester) similarBase(ctx context.Context, keys []uint64) (store.Base, uint8, bool) {
+func (in *Ingester) similarBase(ctx context.Context, di *deltaIndex, keys []uint64) (store.Base, uint8, bool) {
 	if keys == nil {
 		return store.Base{}, 0, false
 	}
@@ -347,7 +389,11 @@ func (in *Ingester) similarBase(ctx context.Context, keys []uint64) (store.Base,
 		if r.ID.IsZero() || int(r.Depth) >= in.opts.MaxDeltaDepth {
 			continue
 		}
-		bd, err := in.chunks.Get(ctx, r.ID)
+		get := in.chunks.Get
+		if di != nil { // its cache holds bases of bases the search may share
+			get = di.cache.get
+		}
+		bd, err := get(ctx, r.ID)
 		if err != nil {
 			continue
 		}

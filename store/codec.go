@@ -423,6 +423,9 @@ func (c *Chunks) decodeDelta(payload, dict []byte) ([]byte, error) {
 	return data, err
 }
 
+// MaxDepth is the longest delta chain this Chunks decodes.
+func (c *Chunks) MaxDepth() int { return c.maxDepth }
+
 // Chunk is Get under the name reassembly's ChunkSource uses.
 func (c *Chunks) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) { return c.Get(ctx, id) }
 

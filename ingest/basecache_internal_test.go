@@ -1,0 +1,94 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/store"
+)
+
+func randBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// The delta search's base cache decodes chains through itself (a chunk's
+// bases, their bases...) and returns verified bytes.
+func TestBaseCacheChain(t *testing.T) {
+	ctx := context.Background()
+	d, err := store.OpenDir(filepath.Join(t.TempDir(), "chunks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	v := [][]byte{randBytes(64<<10, 1)}
+	for i := 1; i < 4; i++ {
+		next := append([]byte(nil), v[i-1]...)
+		copy(next[i*1000:], "edit")
+		v = append(v, next)
+	}
+	ids := make([]chunker.ID, len(v))
+	for i := range v {
+		ids[i] = chunker.Sum(v[i])
+		blob, _ := c.Encode(v[i])
+		if i > 0 {
+			blob, _, err = c.EncodeDelta(v[i], []store.Base{{ID: ids[i-1], Data: v[i-1]}})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.Put(ctx, ids[i], blob)
+	}
+	bc := newBaseCache(c, 1<<20)
+	for i := len(v) - 1; i >= 0; i-- {
+		got, err := bc.get(ctx, ids[i])
+		if err != nil || !bytes.Equal(got, v[i]) {
+			t.Fatalf("chunk %d (depth %d): %v", i, i, err)
+		}
+	}
+	if len(bc.m) != len(v) {
+		t.Errorf("%d chunks cached, want %d", len(bc.m), len(v))
+	}
+	// Bounded: a cache of 100 KiB keeps one 64 KiB chunk at most.
+	small := newBaseCache(c, 100<<10)
+	if _, err := small.get(ctx, ids[3]); err != nil {
+		t.Fatal(err)
+	}
+	if small.bytes > 100<<10 {
+		t.Errorf("cache holds %d bytes, bound 100 KiB", small.bytes)
+	}
+}
+
+// Blobs that name each other as bases (a corrupt or tampered store) fail
+// as corrupt instead of recursing forever.
+func TestBaseCacheCycleFails(t *testing.T) {
+	ctx := context.Background()
+	d, _ := store.OpenDir(filepath.Join(t.TempDir(), "chunks"))
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	a, b := randBytes(32<<10, 2), randBytes(32<<10, 3)
+	aID, bID := chunker.Sum(a), chunker.Sum(b)
+	blobA, _, _ := c.EncodeDelta(a, []store.Base{{ID: bID, Data: b}})
+	blobB, _, _ := c.EncodeDelta(b, []store.Base{{ID: aID, Data: a}})
+	d.Put(ctx, aID, blobA)
+	d.Put(ctx, bID, blobB)
+	done := make(chan error, 1)
+	go func() { _, err := newBaseCache(c, 1<<20).get(ctx, aID); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, store.ErrCorrupt) {
+			t.Fatalf("cycle: %v, want ErrCorrupt", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("cycle of delta bases: get did not return")
+	}
+}
