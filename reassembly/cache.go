@@ -71,7 +71,17 @@ type load struct {
 	done chan struct{}
 	data []byte
 	err  error
+
+	// Loads of delta bases nest inside the load of the chunk that needs
+	// them. waitingOn (guarded by Cache.mu) is the load this one cannot
+	// finish before: the base it is loading or waiting for. Blobs that name
+	// each other as bases (a corrupt store) would otherwise make a load wait
+	// for itself, on one goroutine or across several.
+	waitingOn *load
+	depth     int // nesting: 0 for a chunk a reader asked for
 }
+
+type curLoadKey struct{}
 
 // NewCache returns a cache holding at most maxBytes of chunk data; 0 disables caching.
 func NewCache(c *store.Chunks, maxBytes int64) *Cache {
@@ -88,26 +98,55 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 		c.Hits.Add(1)
 		return el.Value.(*cacheEntry).data, nil
 	}
+	cur, _ := ctx.Value(curLoadKey{}).(*load) // set when loading a base
 	if l, ok := c.loading[id]; ok {
+		if cur != nil {
+			for x := l; x != nil; x = x.waitingOn {
+				if x == cur {
+					c.mu.Unlock()
+					return nil, fmt.Errorf("chunk %s: delta bases form a cycle: %w", id, store.ErrCorrupt)
+				}
+			}
+			cur.waitingOn = l
+		}
 		c.mu.Unlock()
+		var data []byte
+		var err error
 		select {
 		case <-l.done:
 			c.Hits.Add(1)
-			return l.data, l.err
+			data, err = l.data, l.err
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			err = ctx.Err()
 		}
+		if cur != nil {
+			c.mu.Lock()
+			cur.waitingOn = nil
+			c.mu.Unlock()
+		}
+		return data, err
 	}
 	l := &load{done: make(chan struct{})}
+	if cur != nil {
+		l.depth = cur.depth + 1
+		if l.depth > c.chunks.MaxDepth() {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("chunk %s: delta bases nest deeper than %d: %w", id, c.chunks.MaxDepth(), store.ErrCorrupt)
+		}
+		cur.waitingOn = l
+	}
 	c.loading[id] = l
 	c.mu.Unlock()
 	c.Misses.Add(1)
 
 	// Load without the caller's cancellation so that waiters sharing this
 	// load are not failed by the first caller going away.
-	l.data, l.err = c.chunks.GetWith(context.WithoutCancel(ctx), id, c.Chunk)
+	l.data, l.err = c.chunks.GetWith(context.WithValue(context.WithoutCancel(ctx), curLoadKey{}, l), id, c.Chunk)
 	c.mu.Lock()
 	delete(c.loading, id)
+	if cur != nil {
+		cur.waitingOn = nil
+	}
 	if l.err == nil {
 		c.markPresentLocked(id)
 	}

@@ -1,0 +1,67 @@
+package reassembly_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/reassembly"
+	"github.com/narstore/narstore/store"
+)
+
+// Blobs that name each other as delta bases (a corrupt or tampered store)
+// make the cache fail the read as corrupt; it must not wait for a load that
+// is waiting for it.
+func TestCacheDeltaCycleFails(t *testing.T) {
+	ctx := context.Background()
+	d, err := store.OpenDir(filepath.Join(t.TempDir(), "chunks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	r := rand.New(rand.NewPCG(4, 4))
+	a, b := make([]byte, 32<<10), make([]byte, 32<<10)
+	for i := range a {
+		a[i], b[i] = byte(r.Uint32()), byte(r.Uint32())
+	}
+	aID, bID := chunker.Sum(a), chunker.Sum(b)
+	blobA, _, _ := c.EncodeDelta(a, []store.Base{{ID: bID, Data: b}})
+	blobB, _, _ := c.EncodeDelta(b, []store.Base{{ID: aID, Data: a}})
+	d.Put(ctx, aID, blobA)
+	d.Put(ctx, bID, blobB)
+	for _, maxBytes := range []int64{0, 64 << 20} {
+		done := make(chan error, 1)
+		go func() { _, err := reassembly.NewCache(c, maxBytes).Chunk(ctx, aID); done <- err }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, store.ErrCorrupt) {
+				t.Fatalf("cache of %d bytes: %v, want ErrCorrupt", maxBytes, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("cache of %d bytes: a cycle of delta bases hangs the read", maxBytes)
+		}
+	}
+	// Two readers starting from either end of the cycle at once: each load
+	// waits for the other's unless the wait-for chain is checked.
+	for range 50 {
+		cache := reassembly.NewCache(c, 64<<20)
+		done := make(chan error, 2)
+		for _, id := range []chunker.ID{aID, bID} {
+			go func() { _, err := cache.Chunk(ctx, id); done <- err }()
+		}
+		for range 2 {
+			select {
+			case err := <-done:
+				if !errors.Is(err, store.ErrCorrupt) {
+					t.Fatalf("concurrent readers: %v, want ErrCorrupt", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("concurrent readers of a cycle of delta bases hang")
+			}
+		}
+	}
+}
