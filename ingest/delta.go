@@ -110,7 +110,7 @@ type deltaIndex struct {
 
 // baseCacheBytes bounds the decoded chunks one NAR's delta search keeps
 // (Options.Jobs NARs run at once).
-const baseCacheBytes = 32 << 20
+const baseCacheBytes = 12 << 20
 
 // baseCache holds recently decoded chunks for one NAR's delta search: the
 // predecessor's chunks and, as GetWith's base loader, their own bases, which

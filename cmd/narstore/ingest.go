@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -30,7 +31,14 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 	xzImpl := fs.String("xz-decoder", "auto", "xz decoder: auto (liblzma's xz program if installed, else pure Go), exec or go")
 	dedup := dedupFlags(fs, true, "replace reference hashes with a placeholder before chunking, so rebuilds dedup (recorded per NAR)", "store new chunks as zstd deltas against similar chunks of the package's previous version when that saves 20% or more")
 	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
+	memLimit := fs.Int("memory-limit-mb", 200, "soft limit on the Go heap in MiB: garbage is collected sooner near it, so delta ingest stays within about 256 MB of RSS (0: no limit; a GOMEMLIMIT environment variable wins)")
 	return func(ctx context.Context, env *cmdEnv) error {
+		if *memLimit < 0 {
+			return &exitError{code: 2, msg: fmt.Sprintf("--memory-limit-mb %d: want 0 (no limit) or more", *memLimit)}
+		}
+		if *memLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+			defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(*memLimit) << 20))
+		}
 		if err := dedup.check(); err != nil {
 			return err
 		}

@@ -350,3 +350,10 @@ func TestMigrateCommand(t *testing.T) {
 	}
 	checkServedNARs(t, startServe(t, dest...), nis)
 }
+
+func TestIngestMemoryLimitSetting(t *testing.T) {
+	_, errs, code := narstore(t, "ingest", "--memory-limit-mb", "-1", "--upstream", "file:///nonexistent", "--allow-untrusted", "/nix/store/00000000000000000000000000000000-x")
+	if code != 2 || !strings.Contains(errs, "--memory-limit-mb -1") {
+		t.Fatalf("negative memory limit: exit %d, %q", code, errs)
+	}
+}
