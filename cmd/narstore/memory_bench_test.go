@@ -53,9 +53,53 @@ func BenchmarkIngestPeakRSS(b *testing.B) {
 	}
 }
 
+// BenchmarkIngestDeltaPeakRSS: the real binary with default settings
+// ingests version 1 of a package, then version 2 (every 256 KiB chunk new,
+// all delta-encoded against version 1), and reports the second run's peak
+// RSS. Delta search keeps per-NAR state (sampled features of the previous
+// version, a base cache), so this shows how it grows with NAR size.
+func BenchmarkIngestDeltaPeakRSS(b *testing.B) {
+	bin := buildBinary(b)
+	for _, mb := range []int{256, 1024} {
+		b.Run(fmt.Sprintf("nar-%dMB", mb), func(b *testing.B) {
+			cache := nixtest.NewCache(b, "rss-1")
+			v1 := writeBigNARVersion(b, cache, int64(mb)<<20, false)
+			v2 := writeBigNARVersion(b, cache, int64(mb)<<20, true)
+			b.SetBytes(int64(v2.NarSize))
+			ingest := func(data, path string) *syscall.Rusage {
+				cmd := exec.Command(bin, "ingest", "--data", data, "--upstream", cache.URL(),
+					"--trusted-public-key", cache.PublicKey.String(), path)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("ingest: %v\n%s", err, out)
+				}
+				return cmd.ProcessState.SysUsage().(*syscall.Rusage)
+			}
+			var peak int64
+			for b.Loop() {
+				b.StopTimer()
+				data := b.TempDir()
+				ingest(data, v1.StorePath)
+				b.StartTimer()
+				peak = max(peak, ingest(data, v2.StorePath).Maxrss)
+				b.StopTimer()
+				os.RemoveAll(data)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(peak)/1024, "peak-RSS-MB")
+		})
+	}
+}
+
 // writeBigNAR streams a NAR holding one regular file of about size bytes
 // into cache as .nar.zst with a signed narinfo, without holding it in memory.
 func writeBigNAR(b *testing.B, cache *nixtest.Cache, size int64) *narinfo.NarInfo {
+	return writeBigNARVersion(b, cache, size, false)
+}
+
+// writeBigNARVersion is writeBigNAR; edited changes 8 bytes in every 64 KiB
+// of the same content, for a next version of the package that delta
+// encoding can use the first one for.
+func writeBigNARVersion(b *testing.B, cache *nixtest.Cache, size int64, edited bool) *narinfo.NarInfo {
 	b.Helper()
 	tmp := filepath.Join(cache.Dir, "nar", "tmp.nar.zst")
 	f, err := os.Create(tmp)
@@ -85,6 +129,9 @@ func writeBigNAR(b *testing.B, cache *nixtest.Cache, size int64) *narinfo.NarInf
 		rng.Read(block)
 		for i, c := range block {
 			block[i] = 'a' + c&15
+		}
+		if edited {
+			copy(block[1000:], "narstore")
 		}
 		put(block[:min(int64(len(block)), left)])
 	}
