@@ -4,23 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"math/rand/v2"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/store"
+	"github.com/narstore/narstore/store/storetest"
 )
-
-func randBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // The delta search's base cache decodes chains through itself (a chunk's
 // bases, their bases...) and returns verified bytes.
@@ -31,7 +22,7 @@ func TestBaseCacheChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
-	v := [][]byte{randBytes(64<<10, 1)}
+	v := [][]byte{storetest.RandomBytes(64<<10, 1)}
 	for i := 1; i < 4; i++ {
 		next := append([]byte(nil), v[i-1]...)
 		copy(next[i*1000:], "edit")
@@ -75,12 +66,7 @@ func TestBaseCacheCycleFails(t *testing.T) {
 	ctx := context.Background()
 	d, _ := store.OpenDir(filepath.Join(t.TempDir(), "chunks"))
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
-	a, b := randBytes(32<<10, 2), randBytes(32<<10, 3)
-	aID, bID := chunker.Sum(a), chunker.Sum(b)
-	blobA, _, _ := c.EncodeDelta(a, []store.Base{{ID: bID, Data: b}})
-	blobB, _, _ := c.EncodeDelta(b, []store.Base{{ID: aID, Data: a}})
-	d.Put(ctx, aID, blobA)
-	d.Put(ctx, bID, blobB)
+	aID, _ := storetest.DeltaCycle(t, d, c)
 	done := make(chan error, 1)
 	go func() { _, err := newBaseCache(c, 1<<20).get(ctx, aID); done <- err }()
 	select {

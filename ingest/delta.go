@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"container/list"
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -145,11 +144,8 @@ func newBaseCache(c *store.Chunks, max int64) *baseCache {
 	return &baseCache{chunks: c, max: max, lru: list.New(), m: map[chunker.ID]*list.Element{}}
 }
 
-type baseDepthKey struct{}
-
 // get returns chunk id's verified bytes. Bases of bases load through the
-// cache too; the nesting is counted, so a corrupt store whose blobs name
-// each other fails instead of recursing forever.
+// cache too (store.Chunks bounds how deep that goes).
 func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
 	b.mu.Lock()
 	if el, ok := b.m[id]; ok {
@@ -158,11 +154,7 @@ func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
 		return el.Value.(*baseEntry).data, nil
 	}
 	b.mu.Unlock()
-	depth, _ := ctx.Value(baseDepthKey{}).(int)
-	if depth > b.chunks.MaxDepth() {
-		return nil, fmt.Errorf("chunk %s: delta bases nest deeper than %d: %w", id, b.chunks.MaxDepth(), store.ErrCorrupt)
-	}
-	data, err := b.chunks.GetWith(context.WithValue(ctx, baseDepthKey{}, depth+1), id, b.get)
+	data, err := b.chunks.GetWith(ctx, id, b.get)
 	if err != nil {
 		return nil, err
 	}
@@ -230,11 +222,6 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	})
 	di.inv = slices.Clip(di.inv)
 	return di
-}
-
-// baseData returns a base's verified bytes, through the cache.
-func (di *deltaIndex) baseData(ctx context.Context, id chunker.ID) ([]byte, error) {
-	return di.cache.get(ctx, id)
 }
 
 // match is a chunk's similarity to the predecessor: the votes (shared
@@ -347,7 +334,7 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 			var depth uint8
 			for _, i := range di.candidates(m, in.opts.DeltaBases) {
 				b := di.bases[i]
-				bd, err := di.baseData(ctx, b.id)
+				bd, err := di.cache.get(ctx, b.id)
 				if err != nil { // a base that went away: do without it
 					continue
 				}

@@ -78,7 +78,6 @@ type load struct {
 	// each other as bases (a corrupt store) would otherwise make a load wait
 	// for itself, on one goroutine or across several.
 	waitingOn *load
-	depth     int // nesting: 0 for a chunk a reader asked for
 }
 
 type curLoadKey struct{}
@@ -128,11 +127,6 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	}
 	l := &load{done: make(chan struct{})}
 	if cur != nil {
-		l.depth = cur.depth + 1
-		if l.depth > c.chunks.MaxDepth() {
-			c.mu.Unlock()
-			return nil, fmt.Errorf("chunk %s: delta bases nest deeper than %d: %w", id, c.chunks.MaxDepth(), store.ErrCorrupt)
-		}
 		cur.waitingOn = l
 	}
 	c.loading[id] = l

@@ -3,7 +3,6 @@ package reassembly_test
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"path/filepath"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/reassembly"
 	"github.com/narstore/narstore/store"
+	"github.com/narstore/narstore/store/storetest"
 )
 
 // Blobs that name each other as delta bases (a corrupt or tampered store)
@@ -23,16 +23,7 @@ func TestCacheDeltaCycleFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
-	r := rand.New(rand.NewPCG(4, 4))
-	a, b := make([]byte, 32<<10), make([]byte, 32<<10)
-	for i := range a {
-		a[i], b[i] = byte(r.Uint32()), byte(r.Uint32())
-	}
-	aID, bID := chunker.Sum(a), chunker.Sum(b)
-	blobA, _, _ := c.EncodeDelta(a, []store.Base{{ID: bID, Data: b}})
-	blobB, _, _ := c.EncodeDelta(b, []store.Base{{ID: aID, Data: a}})
-	d.Put(ctx, aID, blobA)
-	d.Put(ctx, bID, blobB)
+	aID, bID := storetest.DeltaCycle(t, d, c)
 	for _, maxBytes := range []int64{0, 64 << 20} {
 		done := make(chan error, 1)
 		go func() { _, err := reassembly.NewCache(c, maxBytes).Chunk(ctx, aID); done <- err }()

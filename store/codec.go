@@ -275,19 +275,32 @@ func BlobHeader(blob []byte) (enc Encoding, bases []chunker.ID, payload []byte, 
 }
 
 // BaseFunc returns the verified bytes of a base chunk, for decoding deltas.
-// Reassembly passes one that goes through its cache.
+// Reassembly passes one that goes through its cache. Its context says how
+// deep in the delta chain that base sits; a BaseFunc that decodes through
+// Get, GetWith or Blob with that context keeps the count, so chains stay
+// bounded by MaxDeltaDepth (and blobs naming each other as bases fail as
+// corrupt) whatever loader the bases go through.
 type BaseFunc func(ctx context.Context, id chunker.ID) ([]byte, error)
+
+type chainDepthKey struct{}
+
+// chainDepth is the delta-chain depth of the chunk ctx asks for: 0, or what
+// decode passed to a BaseFunc.
+func chainDepth(ctx context.Context) int {
+	d, _ := ctx.Value(chainDepthKey{}).(int)
+	return d
+}
 
 // Get returns the verified bytes of chunk id. A missing blob Is ErrNotFound;
 // bytes that do not hash to id, or a blob that does not decode, Is ErrCorrupt.
 // Delta bases are loaded with Get itself.
 func (c *Chunks) Get(ctx context.Context, id chunker.ID) ([]byte, error) {
-	return c.get(ctx, id, nil, 0)
+	return c.get(ctx, id, nil, chainDepth(ctx))
 }
 
 // GetWith is Get with delta bases loaded through base.
 func (c *Chunks) GetWith(ctx context.Context, id chunker.ID, base BaseFunc) ([]byte, error) {
-	return c.get(ctx, id, base, 0)
+	return c.get(ctx, id, base, chainDepth(ctx))
 }
 
 func (c *Chunks) get(ctx context.Context, id chunker.ID, baseFn BaseFunc, depth int) ([]byte, error) {
@@ -346,7 +359,7 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 		for i, baseID := range bases {
 			var base []byte
 			if baseFn != nil {
-				base, err = baseFn(ctx, baseID)
+				base, err = baseFn(context.WithValue(ctx, chainDepthKey{}, depth+1), baseID)
 			} else {
 				base, err = c.get(ctx, baseID, nil, depth+1)
 			}
@@ -392,7 +405,7 @@ func (c *Chunks) Blob(ctx context.Context, id chunker.ID, base BaseFunc) (blob, 
 	if err != nil {
 		return nil, nil, err
 	}
-	if data, err = c.decode(ctx, id, blob, base, 0); err != nil {
+	if data, err = c.decode(ctx, id, blob, base, chainDepth(ctx)); err != nil {
 		return nil, nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
 	return blob, data, nil
@@ -422,9 +435,6 @@ func (c *Chunks) decodeDelta(payload, dict []byte) ([]byte, error) {
 	}
 	return data, err
 }
-
-// MaxDepth is the longest delta chain this Chunks decodes.
-func (c *Chunks) MaxDepth() int { return c.maxDepth }
 
 // Chunk is Get under the name reassembly's ChunkSource uses.
 func (c *Chunks) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) { return c.Get(ctx, id) }

@@ -79,15 +79,6 @@ func TestOpenDirRemovesOnlyStaleTempFiles(t *testing.T) {
 	}
 }
 
-func randomBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 func textBytes(n int, seed uint64) []byte {
 	r := rand.New(rand.NewPCG(seed, 7))
 	words := []string{"nix", "store", "chunk", "zstd ", "delta\n", "/nix/store/", "lib", "share"}
@@ -110,7 +101,7 @@ func TestChunksRoundTripAndEncodingChoice(t *testing.T) {
 		want store.Encoding
 	}{
 		{"compressible", textBytes(100<<10, 1), store.EncZstd},
-		{"incompressible", randomBytes(100<<10, 2), store.EncRaw},
+		{"incompressible", storetest.RandomBytes(100<<10, 2), store.EncRaw},
 		{"empty", nil, store.EncRaw},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -134,7 +125,7 @@ func TestChunksDelta(t *testing.T) {
 	ctx := context.Background()
 	d := newDir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
-	base := randomBytes(200<<10, 3)
+	base := storetest.RandomBytes(200<<10, 3)
 	next := append([]byte(nil), base...)
 	copy(next[5000:], "a small edit in the middle of an otherwise identical chunk")
 	baseID, nextID := chunker.Sum(base), chunker.Sum(next)
@@ -165,7 +156,7 @@ func TestChunksDelta(t *testing.T) {
 	t.Run("CorruptBase", func(t *testing.T) {
 		// Store different bytes under the base's name: the base fails its own
 		// hash check before the delta is even tried.
-		bad, _ := c.Encode(randomBytes(200<<10, 4))
+		bad, _ := c.Encode(storetest.RandomBytes(200<<10, 4))
 		d.Put(ctx, baseID, bad)
 		if _, err := c.Get(ctx, nextID); !errors.Is(err, store.ErrCorrupt) {
 			t.Fatalf("got %v, want ErrCorrupt", err)
@@ -193,7 +184,7 @@ func TestChunksMultiDelta(t *testing.T) {
 	ctx := context.Background()
 	d := newDir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
-	a, b := randomBytes(100<<10, 7), randomBytes(100<<10, 8)
+	a, b := storetest.RandomBytes(100<<10, 7), storetest.RandomBytes(100<<10, 8)
 	aID, bID := chunker.Sum(a), chunker.Sum(b)
 	c.Put(ctx, aID, a)
 	c.Put(ctx, bID, b)
@@ -222,7 +213,7 @@ func TestChunksMultiDelta(t *testing.T) {
 	if _, _, err := c.EncodeDelta(next, make([]store.Base, store.MaxDeltaBases+1)); err == nil {
 		t.Error("more than MaxDeltaBases bases accepted")
 	}
-	bad, _ := c.Encode(randomBytes(100<<10, 9))
+	bad, _ := c.Encode(storetest.RandomBytes(100<<10, 9))
 	d.Delete(ctx, bID)
 	if _, err := c.Get(ctx, nextID); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("second base missing: %v, want ErrNotFound", err)
@@ -282,7 +273,7 @@ func BenchmarkDirPut(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	blob := randomBytes(128<<10, 1)
+	blob := storetest.RandomBytes(128<<10, 1)
 	b.SetBytes(int64(len(blob)))
 	i := 0
 	for b.Loop() {
@@ -308,7 +299,7 @@ func TestChunksDeltaCodersReused(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			base := randomBytes(64<<10+i*1000, uint64(100+i))
+			base := storetest.RandomBytes(64<<10+i*1000, uint64(100+i))
 			next := append([]byte(nil), base...)
 			copy(next[i*10:], "edited")
 			baseID, nextID := chunker.Sum(base), chunker.Sum(next)
@@ -318,7 +309,7 @@ func TestChunksDeltaCodersReused(t *testing.T) {
 			}
 			bases := []store.Base{{ID: baseID, Data: base}}
 			if i%2 == 1 { // some with two bases
-				other := randomBytes(10<<10, uint64(1000+i))
+				other := storetest.RandomBytes(10<<10, uint64(1000+i))
 				otherID := chunker.Sum(other)
 				c.Put(ctx, otherID, other)
 				bases = append([]store.Base{{ID: otherID, Data: other}}, bases...)
@@ -349,5 +340,29 @@ func TestChunksDeltaCodersReused(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// Delta chains stay bounded when bases load through a BaseFunc that decodes
+// with GetWith itself (as caches do): blobs naming each other fail as
+// corrupt instead of recursing forever.
+func TestChunksDeltaDepthBoundThroughBaseFunc(t *testing.T) {
+	ctx := context.Background()
+	d := newDir(t)
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	a, _ := storetest.DeltaCycle(t, d, c)
+	calls := 0
+	var load store.BaseFunc
+	load = func(ctx context.Context, id chunker.ID) ([]byte, error) {
+		if calls++; calls > 100 {
+			return nil, errors.New("base loader called 100 times: the chain is unbounded")
+		}
+		return c.GetWith(ctx, id, load)
+	}
+	if _, err := c.GetWith(ctx, a, load); !errors.Is(err, store.ErrCorrupt) {
+		t.Fatalf("cycle through a base loader: %v, want ErrCorrupt", err)
+	}
+	if calls > store.DefaultMaxDeltaDepth {
+		t.Errorf("base loader called %d times, chains are bounded at %d", calls, store.DefaultMaxDeltaDepth)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"sync"
 	"testing"
 
@@ -151,4 +152,31 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Fatalf("Walk did not return fn's error: %v", err)
 		}
 	})
+}
+
+// RandomBytes returns n incompressible bytes determined by seed.
+func RandomBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// DeltaCycle puts two chunks into s whose blobs name each other as delta
+// base (a corrupt or tampered store: no ingest writes one) and returns
+// their IDs. Reading either must fail as corrupt, not recurse or wait
+// forever.
+func DeltaCycle(t testing.TB, s store.Store, c *store.Chunks) (a, b chunker.ID) {
+	t.Helper()
+	ctx := context.Background()
+	aData, bData := RandomBytes(32<<10, 2), RandomBytes(32<<10, 3)
+	a, b = chunker.Sum(aData), chunker.Sum(bData)
+	blobA, _, errA := c.EncodeDelta(aData, []store.Base{{ID: b, Data: bData}})
+	blobB, _, errB := c.EncodeDelta(bData, []store.Base{{ID: a, Data: aData}})
+	if err := errors.Join(errA, errB, s.Put(ctx, a, blobA), s.Put(ctx, b, blobB)); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
 }
