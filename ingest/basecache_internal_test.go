@@ -47,16 +47,16 @@ func TestBaseCacheChain(t *testing.T) {
 			t.Fatalf("chunk %d (depth %d): %v", i, i, err)
 		}
 	}
-	if len(bc.m) != len(v) {
-		t.Errorf("%d chunks cached, want %d", len(bc.m), len(v))
+	if bc.lru.Len() != len(v) {
+		t.Errorf("%d chunks cached, want %d", bc.lru.Len(), len(v))
 	}
 	// Bounded: a cache of 100 KiB keeps one 64 KiB chunk at most.
 	small := newBaseCache(c, 100<<10)
 	if _, err := small.get(ctx, ids[3]); err != nil {
 		t.Fatal(err)
 	}
-	if small.bytes > 100<<10 {
-		t.Errorf("cache holds %d bytes, bound 100 KiB", small.bytes)
+	if small.lru.Bytes() > 100<<10 {
+		t.Errorf("cache holds %d bytes, bound 100 KiB", small.lru.Bytes())
 	}
 }
 

@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"cmp"
-	"container/list"
 	"context"
 	"math/rand/v2"
 	"slices"
@@ -128,48 +127,29 @@ const baseCacheBytes = 12 << 20
 // ingest.
 type baseCache struct {
 	chunks *store.Chunks
-	max    int64
 	mu     sync.Mutex
-	bytes  int64
-	lru    *list.List // of *baseEntry, most recent first
-	m      map[chunker.ID]*list.Element
-}
-
-type baseEntry struct {
-	id   chunker.ID
-	data []byte
+	lru    *store.LRU
 }
 
 func newBaseCache(c *store.Chunks, max int64) *baseCache {
-	return &baseCache{chunks: c, max: max, lru: list.New(), m: map[chunker.ID]*list.Element{}}
+	return &baseCache{chunks: c, lru: store.NewLRU(max)}
 }
 
 // get returns chunk id's verified bytes. Bases of bases load through the
 // cache too (store.Chunks bounds how deep that goes).
 func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
 	b.mu.Lock()
-	if el, ok := b.m[id]; ok {
-		b.lru.MoveToFront(el)
-		b.mu.Unlock()
-		return el.Value.(*baseEntry).data, nil
-	}
+	data, ok := b.lru.Get(id)
 	b.mu.Unlock()
+	if ok {
+		return data, nil
+	}
 	data, err := b.chunks.GetWith(ctx, id, b.get)
 	if err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
-	if _, ok := b.m[id]; !ok && int64(len(data)) <= b.max/4 {
-		b.m[id] = b.lru.PushFront(&baseEntry{id: id, data: data})
-		b.bytes += int64(len(data))
-		for b.bytes > b.max {
-			el := b.lru.Back()
-			e := el.Value.(*baseEntry)
-			b.lru.Remove(el)
-			delete(b.m, e.id)
-			b.bytes -= int64(len(e.data))
-		}
-	}
+	b.lru.Add(id, data)
 	b.mu.Unlock()
 	return data, nil
 }

@@ -1,7 +1,6 @@
 package reassembly
 
 import (
-	"container/list"
 	"context"
 	"fmt"
 	"sync"
@@ -17,13 +16,10 @@ import (
 // *store.Chunks. Concurrent misses for one chunk share one load. Delta bases
 // are loaded through the cache too. Safe for concurrent use.
 type Cache struct {
-	chunks   *store.Chunks
-	maxBytes int64
+	chunks *store.Chunks
 
 	mu      sync.Mutex
-	lru     *list.List // of *cacheEntry, most recent at front
-	entries map[chunker.ID]*list.Element
-	bytes   int64
+	lru     *store.LRU
 	loading map[chunker.ID]*load
 
 	// present remembers chunks recently seen stored (checked or loaded), so
@@ -49,7 +45,7 @@ func (c *Cache) markPresentLocked(id chunker.ID) {
 }
 
 func (c *Cache) knownPresentLocked(id chunker.ID) bool {
-	if _, ok := c.entries[id]; ok {
+	if c.lru.Has(id) {
 		return true
 	}
 	if time.Since(c.presentSince) > 2*presentTTL {
@@ -60,11 +56,6 @@ func (c *Cache) knownPresentLocked(id chunker.ID) bool {
 		_, ok = c.presentOld[id]
 	}
 	return ok
-}
-
-type cacheEntry struct {
-	id   chunker.ID
-	data []byte
 }
 
 type load struct {
@@ -84,18 +75,17 @@ type curLoadKey struct{}
 
 // NewCache returns a cache holding at most maxBytes of chunk data; 0 disables caching.
 func NewCache(c *store.Chunks, maxBytes int64) *Cache {
-	return &Cache{chunks: c, maxBytes: maxBytes, lru: list.New(), entries: map[chunker.ID]*list.Element{}, loading: map[chunker.ID]*load{},
+	return &Cache{chunks: c, lru: store.NewLRU(maxBytes), loading: map[chunker.ID]*load{},
 		present: map[chunker.ID]struct{}{}, presentSince: time.Now()}
 }
 
 // Chunk implements ChunkSource.
 func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	c.mu.Lock()
-	if el, ok := c.entries[id]; ok {
-		c.lru.MoveToFront(el)
+	if data, ok := c.lru.Get(id); ok {
 		c.mu.Unlock()
 		c.Hits.Add(1)
-		return el.Value.(*cacheEntry).data, nil
+		return data, nil
 	}
 	cur, _ := ctx.Value(curLoadKey{}).(*load) // set when loading a base
 	if l, ok := c.loading[id]; ok {
@@ -144,16 +134,8 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	if l.err == nil {
 		c.markPresentLocked(id)
 	}
-	if l.err == nil && c.maxBytes > 0 && int64(len(l.data)) <= c.maxBytes/4 {
-		c.entries[id] = c.lru.PushFront(&cacheEntry{id: id, data: l.data})
-		c.bytes += int64(len(l.data))
-		for c.bytes > c.maxBytes {
-			el := c.lru.Back()
-			e := el.Value.(*cacheEntry)
-			c.lru.Remove(el)
-			delete(c.entries, e.id)
-			c.bytes -= int64(len(e.data))
-		}
+	if l.err == nil {
+		c.lru.Add(id, l.data)
 	}
 	c.mu.Unlock()
 	close(l.done)
@@ -164,7 +146,7 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 func (c *Cache) Bytes() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.bytes
+	return c.lru.Bytes()
 }
 
 // CheckPresent reports the first of chunks (in order) whose blob is not

@@ -366,3 +366,23 @@ func TestChunksDeltaDepthBoundThroughBaseFunc(t *testing.T) {
 		t.Errorf("base loader called %d times, chains are bounded at %d", calls, store.DefaultMaxDeltaDepth)
 	}
 }
+
+func TestLRU(t *testing.T) {
+	l := store.NewLRU(100)
+	id := func(i int) chunker.ID { return chunker.Sum([]byte{byte(i)}) }
+	for i := range 4 {
+		l.Add(id(i), make([]byte, 25))
+	}
+	l.Get(id(0)) // most recent now: id(1) goes first
+	l.Add(id(4), make([]byte, 25))
+	if l.Has(id(1)) || !l.Has(id(0)) || l.Len() != 4 || l.Bytes() != 100 {
+		t.Fatalf("after eviction: has 1 %v, has 0 %v, %d chunks, %d bytes", l.Has(id(1)), l.Has(id(0)), l.Len(), l.Bytes())
+	}
+	if l.Add(id(5), make([]byte, 26)); l.Has(id(5)) {
+		t.Error("a chunk over a quarter of the bound was kept")
+	}
+	z := store.NewLRU(0)
+	if z.Add(id(6), nil); z.Len() != 0 {
+		t.Error("an LRU of 0 bytes kept a chunk")
+	}
+}
