@@ -64,6 +64,7 @@ type Chunk struct {
 	Encoding   uint8        // store.Encoding
 	Bases      []chunker.ID // delta bases in dictionary order; nil if none
 	Depth      uint8        // delta steps to a plain chunk: 0 plain, the deepest base's depth+1 otherwise
+	Level      uint8        // zstd level the blob was made at; 0 if not recorded
 	// Sims are the chunk's similarity keys (super-features) for SimilarChunks;
 	// written by Commit, not returned by Chunks. Empty for a chunk that is not
 	// to serve as a delta base.
@@ -121,6 +122,14 @@ type Index interface {
 	Predecessor(ctx context.Context, pname string) (*NAR, error)
 	// Chunks returns the records of the given chunks; a missing one has a zero ID.
 	Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error)
+	// ChunksBelowLevel lists up to limit chunks whose recorded level is
+	// below level, in ID order, starting after the ID after (the zero ID
+	// for the first page): what a recompression to level has left to do.
+	ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error)
+	// Recoded records that chunk id's blob was rewritten (same bytes, same
+	// bases) at level into storedSize bytes. ErrNotFound if there is no
+	// such chunk.
+	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, level int) error
 	// WalkNARs calls fn for every NAR (without its chunk list), oldest
 	// first: in the order they were recorded, to the second, and within a
 	// second in package-lineage order (so a copy keeps each package's

@@ -224,9 +224,39 @@ func (p *Postgres) HasChunks(ctx context.Context, ids []chunker.ID) ([]bool, err
 	return out, rows.Err()
 }
 
+// ChunksBelowLevel implements Index.
+func (p *Postgres) ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error) {
+	rows, err := p.pool.Query(ctx, `SELECT id FROM chunks WHERE level < $1 AND id > $2 ORDER BY id LIMIT $3`, int16(level), after[:], limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []chunker.ID
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		out = append(out, chunker.ID(b))
+	}
+	return out, rows.Err()
+}
+
+// Recoded implements Index.
+func (p *Postgres) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, level int) error {
+	tag, err := p.pool.Exec(ctx, `UPDATE chunks SET stored_size = $1, level = $2 WHERE id = $3`, int32(storedSize), int16(level), id[:])
+	if err != nil {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
 // Chunks implements Index.
 func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) {
-	rows, err := p.pool.Query(ctx, `SELECT id, size, stored_size, encoding, base_id, depth FROM chunks WHERE id = ANY($1)`, idBytes(ids))
+	rows, err := p.pool.Query(ctx, `SELECT id, size, stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ANY($1)`, idBytes(ids))
 	if err != nil {
 		return nil, err
 	}
@@ -235,8 +265,8 @@ func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error
 	for rows.Next() {
 		var idb, base []byte
 		var size, stored int32
-		var enc, depth int16
-		if err := rows.Scan(&idb, &size, &stored, &enc, &base, &depth); err != nil {
+		var enc, depth, level int16
+		if err := rows.Scan(&idb, &size, &stored, &enc, &base, &depth, &level); err != nil {
 			return nil, err
 		}
 		var c Chunk
@@ -244,7 +274,7 @@ func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error
 		if base != nil {
 			c.Bases = []chunker.ID{chunker.ID(base)}
 		}
-		c.Size, c.StoredSize, c.Encoding, c.Depth = uint32(size), uint32(stored), uint8(enc), uint8(depth)
+		c.Size, c.StoredSize, c.Encoding, c.Depth, c.Level = uint32(size), uint32(stored), uint8(enc), uint8(depth), uint8(level)
 		found[c.ID] = c
 	}
 	if err := rows.Err(); err != nil {
@@ -301,8 +331,8 @@ func (p *Postgres) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, ne
 			if len(c.Bases) > 0 {
 				base = c.Bases[0][:]
 			}
-			tag, err := tx.Exec(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, depth, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`,
-				c.ID[:], int32(c.Size), int32(c.StoredSize), int16(c.Encoding), base, int16(c.Depth), now)
+			tag, err := tx.Exec(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, depth, level, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING`,
+				c.ID[:], int32(c.Size), int32(c.StoredSize), int16(c.Encoding), base, int16(c.Depth), int16(c.Level), now)
 			if err != nil {
 				return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 			}

@@ -267,7 +267,7 @@ func insertChunks(ctx context.Context, tx *sql.Tx, chunks []Chunk, now int64) er
 	if len(chunks) == 0 {
 		return nil
 	}
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, depth, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`)
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO chunks (id, size, stored_size, encoding, base_id, depth, level, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`)
 	if err != nil {
 		return err
 	}
@@ -277,7 +277,7 @@ func insertChunks(ctx context.Context, tx *sql.Tx, chunks []Chunk, now int64) er
 		if len(c.Bases) > 0 {
 			base = c.Bases[0][:]
 		}
-		res, err := stmt.ExecContext(ctx, c.ID[:], c.Size, c.StoredSize, c.Encoding, base, c.Depth, now)
+		res, err := stmt.ExecContext(ctx, c.ID[:], c.Size, c.StoredSize, c.Encoding, base, c.Depth, c.Level, now)
 		if err != nil {
 			return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 		}
@@ -375,7 +375,7 @@ func (s *SQLite) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) 
 		return nil, err
 	}
 	defer conn.Close()
-	stmt, err := conn.PrepareContext(ctx, `SELECT size, stored_size, encoding, base_id, depth FROM chunks WHERE id = ?`)
+	stmt, err := conn.PrepareContext(ctx, `SELECT size, stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ?`)
 	if err != nil {
 		return nil, err
 	}
@@ -383,7 +383,7 @@ func (s *SQLite) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) 
 	for i, id := range ids {
 		var c Chunk
 		var base []byte
-		err := stmt.QueryRowContext(ctx, id[:]).Scan(&c.Size, &c.StoredSize, &c.Encoding, &base, &c.Depth)
+		err := stmt.QueryRowContext(ctx, id[:]).Scan(&c.Size, &c.StoredSize, &c.Encoding, &base, &c.Depth, &c.Level)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		}
@@ -419,6 +419,36 @@ func (s *SQLite) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) 
 		}
 	}
 	return out, nil
+}
+
+// ChunksBelowLevel implements Index.
+func (s *SQLite) ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM chunks WHERE level < ? AND id > ? ORDER BY id LIMIT ?`, level, after[:], limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []chunker.ID
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		out = append(out, chunker.ID(b))
+	}
+	return out, rows.Err()
+}
+
+// Recoded implements Index.
+func (s *SQLite) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, level int) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE chunks SET stored_size = ?, level = ? WHERE id = ?`, storedSize, level, id[:])
+	if err != nil {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrNotFound)
+	}
+	return nil
 }
 
 // AddNarInfo implements Index.

@@ -72,6 +72,7 @@ type Chunks struct {
 	enc      *zstd.Encoder
 	dec      *zstd.Decoder
 	level    zstd.EncoderLevel
+	levelNum int // the zstd level asked for, at most GoMaxLevel
 	maxDepth int
 	blobs    sync.Pool // *[]byte buffers for Encode
 
@@ -120,7 +121,7 @@ func NewChunks(s Store, o ChunksOptions) (*Chunks, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Chunks{store: s, enc: enc, dec: dec, level: lvl, maxDepth: o.MaxDeltaDepth}, nil
+	return &Chunks{store: s, enc: enc, dec: dec, level: lvl, levelNum: min(o.Level, GoMaxLevel), maxDepth: o.MaxDeltaDepth}, nil
 }
 
 // Store returns the backend the chunks live on.
@@ -131,6 +132,7 @@ type Written struct {
 	Encoding   Encoding
 	Bases      []chunker.ID // delta bases, in dictionary order; nil unless a delta
 	StoredSize int          // blob bytes
+	Level      int          // zstd level the blob was made at (recorded with the chunk)
 }
 
 // Base is a base chunk's ID and verified bytes, for EncodeDelta.
@@ -157,7 +159,7 @@ func (c *Chunks) Encode(data []byte) ([]byte, Written) {
 	} else {
 		blob[1] = byte(EncZstd)
 	}
-	return blob, Written{Encoding: Encoding(blob[1]), StoredSize: len(blob)}
+	return blob, Written{Encoding: Encoding(blob[1]), StoredSize: len(blob), Level: c.levelNum}
 }
 
 // Recycle hands a blob returned by Encode back for reuse once it has been
@@ -188,7 +190,7 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 	if err != nil {
 		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
 	}
-	w := Written{Encoding: EncZstdDelta}
+	w := Written{Encoding: EncZstdDelta, Level: max(c.levelNum, 3)}
 	blob := make([]byte, 2, 3+len(bases)*len(chunker.ID{})+len(data)/4)
 	blob[0] = blobVersion
 	if len(bases) > 1 {
@@ -414,7 +416,10 @@ func (c *Chunks) Blob(ctx context.Context, id chunker.ID, base BaseFunc) (blob, 
 // decodeDelta decodes one delta frame with dict as its raw dictionary, on a
 // pooled decoder.
 func (c *Chunks) decodeDelta(payload, dict []byte) ([]byte, error) {
-	opts := []zstd.DOption{zstd.WithDecoderDictRaw(1, dict), zstd.WithDecoderMaxWindow(uint64(windowFor(len(dict) + MaxChunkSize)))}
+	// Frames made here name dictionary 1; frames recompressed by the zstd
+	// program (Recode) name none, which is dictionary 0.
+	opts := []zstd.DOption{zstd.WithDecoderDictRaw(1, dict), zstd.WithDecoderDictRaw(0, dict),
+		zstd.WithDecoderMaxWindow(uint64(windowFor(len(dict) + MaxChunkSize)))}
 	dec, _ := c.deltaDecs.Get().(*zstd.Decoder)
 	if dec != nil {
 		if err := dec.ResetWithOptions(nil, opts...); err != nil {
@@ -430,7 +435,7 @@ func (c *Chunks) decodeDelta(payload, dict []byte) ([]byte, error) {
 		}
 	}
 	data, err := dec.DecodeAll(payload, make([]byte, 0, frameSize(payload)))
-	if dec.ResetWithOptions(nil, zstd.WithDecoderDictRaw(1, nil)) == nil { // drop the dictionary while pooled
+	if dec.ResetWithOptions(nil, zstd.WithDecoderDictRaw(1, nil), zstd.WithDecoderDictRaw(0, nil)) == nil { // drop the dictionary while pooled
 		c.deltaDecs.Put(dec)
 	}
 	return data, err

@@ -38,8 +38,9 @@ type Dir struct {
 }
 
 var (
-	_ Store  = (*Dir)(nil)
-	_ Syncer = (*Dir)(nil)
+	_ Store    = (*Dir)(nil)
+	_ Syncer   = (*Dir)(nil)
+	_ Replacer = (*Dir)(nil)
 )
 
 // staleTmpAge is how old a leftover temp file must be before OpenDir removes
@@ -235,6 +236,56 @@ func (d *Dir) startWriteback(fd int) {
 	if !d.NoSync {
 		unix.SyncFileRange(fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
+}
+
+// Replace implements Replacer: the new blob is written and synced under
+// ROOT/tmp, renamed over the old one, and the directory synced.
+func (d *Dir) Replace(ctx context.Context, id chunker.ID, blob []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	final := d.path(id)
+	if _, err := os.Stat(final); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replace chunk %s: %w", id, ErrNotFound)
+	} else if err != nil {
+		return fmt.Errorf("replace chunk %s: %w", id, err)
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := filepath.Join(d.root, "tmp", id.String()+"."+hex.EncodeToString(rnd[:]))
+	err := func() error {
+		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := f.Write(blob); err != nil {
+			return err
+		}
+		if !d.NoSync {
+			if err := f.Sync(); err != nil {
+				return err
+			}
+		}
+		return f.Close()
+	}()
+	if err == nil {
+		err = os.Rename(tmp, final)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("replace chunk %s: %w", id, err)
+	}
+	if !d.NoSync {
+		if dir, err := os.Open(filepath.Dir(final)); err == nil {
+			err = dir.Sync()
+			dir.Close()
+			if err != nil {
+				return fmt.Errorf("replace chunk %s: sync directory: %w", id, err)
+			}
+		}
+	}
+	return nil
 }
 
 // Delete implements Store.

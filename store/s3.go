@@ -107,7 +107,10 @@ func (c *requestCounter) Do(r *http.Request) (*http.Response, error) {
 	return c.next.Do(r)
 }
 
-var _ Store = (*S3)(nil)
+var (
+	_ Store    = (*S3)(nil)
+	_ Replacer = (*S3)(nil)
+)
 
 // OpenS3 connects and checks that the bucket is reachable.
 func OpenS3(ctx context.Context, o S3Options) (*S3, error) {
@@ -202,6 +205,20 @@ func (s *S3) Put(ctx context.Context, id chunker.ID, blob []byte) error {
 		return fmt.Errorf("put chunk %s: %w", id, err)
 	}
 	return nil
+}
+
+// Replace implements Replacer. A PUT replaces an object atomically; the
+// HEAD before it keeps Replace from creating a blob that is gone (deletions
+// and rewrites do not overlap: both hold the maintenance lock).
+func (s *S3) Replace(ctx context.Context, id chunker.ID, blob []byte) error {
+	ok, err := s.Has(ctx, id)
+	if err != nil {
+		return fmt.Errorf("replace chunk %s: %w", id, err)
+	}
+	if !ok {
+		return fmt.Errorf("replace chunk %s: %w", id, ErrNotFound)
+	}
+	return s.Put(ctx, id, blob)
 }
 
 // Delete implements Store.

@@ -48,6 +48,20 @@ type Store interface {
 	Walk(ctx context.Context, fn func(id chunker.ID, size int64) error) error
 }
 
+// Replacer is implemented by stores that can rewrite a stored blob in
+// place, for recompression (Chunks.Recode). Replace stores blob under id
+// instead of the blob there, atomically and durably: a reader sees the old
+// blob or the new one, whole, and the new one survives a crash once Replace
+// returns. The caller guarantees both blobs decode to the same chunk; a blob
+// that is not there is ErrNotFound (Replace never creates one, so a blob
+// deleted meanwhile stays deleted).
+//
+// Rewrites and deletions must not interleave on one chunk: a recompression
+// and a GC never run at once (both hold the "maintenance" lock).
+type Replacer interface {
+	Replace(ctx context.Context, id chunker.ID, blob []byte) error
+}
+
 // Syncer is implemented by stores whose Put is atomic but not yet durable.
 // Sync makes every Put that returned before it durable. Writers call it
 // before recording the blobs in the index, so the index never names a blob a

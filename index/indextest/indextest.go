@@ -2,11 +2,13 @@
 package indextest
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 
@@ -302,6 +304,70 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 		if _, err := ix.Pending(ctx, nar.Hash); !errors.Is(err, index.ErrNotFound) {
 			t.Errorf("Pending after its narinfo was committed: %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("LevelsAndRecoded", func(t *testing.T) {
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("levels", 6, 100)
+		for i := range chunks {
+			chunks[i].Level = uint8(i % 3 * 9) // 0, 9, 18, …
+		}
+		chunks[5].Encoding, chunks[5].Bases, chunks[5].Depth = 3, []chunker.ID{chunks[0].ID, chunks[1].ID}, 1
+		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := ix.Chunks(ctx, []chunker.ID{chunks[1].ID, chunks[2].ID})
+		if err != nil || recs[0].Level != 9 || recs[1].Level != 18 {
+			t.Fatalf("Chunks levels = %+v, %v; want 9 and 18", recs, err)
+		}
+		below := func(level, limit int, after chunker.ID) []chunker.ID {
+			t.Helper()
+			ids, err := ix.ChunksBelowLevel(ctx, level, after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ids
+		}
+		var want []chunker.ID
+		for _, c := range chunks {
+			if c.Level < 10 {
+				want = append(want, c.ID)
+			}
+		}
+		slices.SortFunc(want, func(a, b chunker.ID) int { return bytes.Compare(a[:], b[:]) })
+		// Paged two at a time, in ID order.
+		var got []chunker.ID
+		var after chunker.ID
+		for {
+			page := below(10, 2, after)
+			if len(page) == 0 {
+				break
+			}
+			if len(page) > 2 {
+				t.Fatalf("page of %d, limit 2", len(page))
+			}
+			got = append(got, page...)
+			after = page[len(page)-1]
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("ChunksBelowLevel(10) = %v, want %v", got, want)
+		}
+		if err := ix.Recoded(ctx, chunks[5].ID, 33, 19); err != nil {
+			t.Fatal(err)
+		}
+		recs, err = ix.Chunks(ctx, []chunker.ID{chunks[5].ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := recs[0]; c.Level != 19 || c.StoredSize != 33 || c.Encoding != 3 || !reflect.DeepEqual(c.Bases, chunks[5].Bases) || c.Size != 100 {
+			t.Fatalf("after Recoded: %+v; want level 19, 33 bytes stored, bases and size unchanged", c)
+		}
+		if slices.Contains(below(19, 100, chunker.ID{}), chunks[5].ID) {
+			t.Error("a chunk recorded at level 19 is still listed below 19")
+		}
+		if err := ix.Recoded(ctx, chunker.Sum([]byte("no such chunk")), 1, 19); !errors.Is(err, index.ErrNotFound) {
+			t.Errorf("Recoded of a missing chunk: %v, want ErrNotFound", err)
 		}
 	})
 

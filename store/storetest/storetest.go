@@ -125,6 +125,41 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Fatalf("Delete removed the wrong blob: %v", err)
 		}
 	})
+	t.Run("Replace", func(t *testing.T) {
+		s := newStore(t)
+		r, ok := s.(store.Replacer)
+		if !ok {
+			t.Skip("store does not implement Replacer")
+		}
+		id, b := blob(7)
+		if err := s.Put(ctx, id, b); err != nil {
+			t.Fatal(err)
+		}
+		nb := []byte("the same chunk, recompressed")
+		if err := r.Replace(ctx, id, nb); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := get(t, s, id); err != nil || !bytes.Equal(got, nb) {
+			t.Fatalf("Get after Replace: %q, %v; want the new blob", got, err)
+		}
+		n := 0
+		if err := s.Walk(ctx, func(wid chunker.ID, size int64) error {
+			n++
+			if wid != id || size != int64(len(nb)) {
+				t.Errorf("Walk after Replace: %s, %d bytes; want %s, %d", wid, size, id, len(nb))
+			}
+			return nil
+		}); err != nil || n != 1 {
+			t.Fatalf("Walk after Replace saw %d blobs, %v; want 1 (no temp file left)", n, err)
+		}
+		missing, _ := blob(8)
+		if err := r.Replace(ctx, missing, nb); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("Replace of a missing blob: %v, want ErrNotFound", err)
+		}
+		if ok, err := s.Has(ctx, missing); err != nil || ok {
+			t.Fatalf("Replace of a missing blob created it (Has = %v, %v)", ok, err)
+		}
+	})
 	t.Run("WalkListsEveryBlobWithSize", func(t *testing.T) {
 		s := newStore(t)
 		want := map[chunker.ID]int64{}

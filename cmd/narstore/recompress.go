@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/narstore/narstore/lock"
+	"github.com/narstore/narstore/recompress"
+	"github.com/narstore/narstore/store"
+)
+
+func setupRecompress(fs *flag.FlagSet) runFunc {
+	level := fs.Int("level", 19, "zstd level (1-22) to rewrite chunks at; chunks recorded below it are tried, each keeps the smaller blob")
+	program := fs.String("zstd-program", "auto", "encoder: auto (the zstd program if installed, else pure Go, which stops at about level 11), exec or go")
+	jobs := fs.Int("jobs", runtime.GOMAXPROCS(0), "chunks recompressed at once")
+	limit := fs.Int("limit", 0, "stop after this many chunks (0: all); a later run continues")
+	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
+	locks := lockFlags(fs)
+	return func(ctx context.Context, env *cmdEnv) error {
+		enc, err := store.NewFrameEncoder(*level, *program)
+		if err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
+		if *jobs < 1 || *limit < 0 {
+			return &exitError{code: 2, msg: "--jobs must be 1 or more and --limit 0 or more"}
+		}
+		ix, chunks, err := env.openData(false, 0)
+		if err != nil {
+			return err
+		}
+		defer ix.Close()
+		ctx, unlock, err := env.maintenanceLock(ctx, locks)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if enc.Level() < *level {
+			fmt.Fprintf(env.stderr, "narstore: no zstd program on PATH; recompressing at the pure-Go encoder's level %d instead of %d (install zstd for more)\n", enc.Level(), *level)
+		}
+		var p recompress.Progress
+		start := time.Now()
+		stopProgress := startStatusLine(env.stderr, *progress, func() {
+			el := time.Since(start).Seconds()
+			fmt.Fprintf(env.stderr, "\r\033[K%d chunks (%d rewritten, %d failed)  %s -> %s  %.1f MB/s of chunk data",
+				p.Chunks.Load(), p.Replaced.Load(), p.Failed.Load(), human(uint64(p.BytesBefore.Load())), human(uint64(p.BytesAfter.Load())),
+				float64(p.ChunkBytes.Load())/1e6/max(el, 0.001))
+		})
+		rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: *jobs, Limit: *limit, Log: env.log}, &p)
+		stopProgress()
+		el := time.Since(start)
+		saved := 0.0
+		if rep.BytesBefore > 0 {
+			saved = 100 * (1 - float64(rep.BytesAfter)/float64(rep.BytesBefore))
+		}
+		fmt.Fprintf(env.stdout, "Recompressed %d chunks with %s in %s: %d rewritten, %d failed; %s -> %s stored (%.1f%% less), %.1f MB/s of chunk data.\n",
+			rep.Chunks, enc.Name(), el.Round(time.Millisecond), rep.Replaced, rep.Failed, human(uint64(rep.BytesBefore)), human(uint64(rep.BytesAfter)),
+			saved, float64(rep.ChunkBytes)/1e6/max(el.Seconds(), 0.001))
+		for _, e := range rep.Errors {
+			fmt.Fprintln(env.stdout, "FAILED", e)
+		}
+		if err != nil {
+			return err
+		}
+		if rep.Failed > 0 {
+			return &exitError{code: 1, msg: fmt.Sprintf("%d chunks could not be recompressed (left as they were); run narstore verify to find the NARs they belong to", rep.Failed)}
+		}
+		return nil
+	}
+}
+
+// maintenanceLock takes the lock that recompression (and any GC) holds
+// while rewriting or deleting chunks: with --lock-backend local a file lock
+// in --data, otherwise the shared lock server's "maintenance" lock. It fails
+// at once when another instance holds it.
+// The returned context ends if the lease is lost.
+func (e *cmdEnv) maintenanceLock(ctx context.Context, locks *lockConfig) (context.Context, func(), error) {
+	busy := "another recompression or GC is running on this cache (it holds the maintenance lock); try again when it has finished"
+	if locks.backend == "local" || locks.backend == "" {
+		if err := os.MkdirAll(e.data, 0o755); err != nil {
+			return nil, nil, err
+		}
+		path := filepath.Join(e.data, "maintenance.lock")
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, nil, fmt.Errorf("maintenance lock: %w", err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, nil, &exitError{code: 1, msg: busy + " (" + path + ")"}
+			}
+			return nil, nil, fmt.Errorf("maintenance lock %s: %w", path, err)
+		}
+		return ctx, func() { f.Close() }, nil
+	}
+	locker, closeLocker, err := locks.open(ctx, e.database)
+	if err != nil {
+		return nil, nil, err
+	}
+	lease, ok, err := locker.TryLock(ctx, recompress.MaintenanceLock, locks.ttl)
+	if err != nil {
+		closeLocker()
+		return nil, nil, fmt.Errorf("maintenance lock: %w", err)
+	}
+	if !ok {
+		closeLocker()
+		return nil, nil, &exitError{code: 1, msg: busy}
+	}
+	lctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-lease.Lost():
+			cancel(fmt.Errorf("maintenance lock lost: %w", lock.ErrNotHeld))
+		case <-lctx.Done():
+		}
+	}()
+	return lctx, func() {
+		cancel(nil)
+		if err := lease.Unlock(context.Background()); err != nil && !errors.Is(err, lock.ErrNotHeld) {
+			e.log.Warn("release maintenance lock", "err", err)
+		}
+		closeLocker()
+	}, nil
+}

@@ -1,0 +1,3 @@
+-- The zstd level each chunk's blob was made at (0: not recorded, written
+-- before this migration), so `narstore recompress` knows what is left to do.
+ALTER TABLE chunks ADD COLUMN level SMALLINT NOT NULL DEFAULT 0;

@@ -1,0 +1,193 @@
+// Package recompress rewrites stored chunks at a stronger zstd level than
+// ingest can afford, in the background: ingest stays fast (level 3 for batch
+// ingest, 1 for pull-through), and the chunks get the zstd program's level 19
+// later, when nobody waits for them.
+//
+// A chunk keeps its ID, bytes, encoding kind and delta bases, so NARs, delta
+// chains and everything else that names it are unaffected; only its blob
+// shrinks. Each new blob is decoded by the read path's decoders and compared
+// with the chunk's verified bytes before it replaces the old one (atomically,
+// store.Replacer), and the index then records the new level and size. A crash
+// between the two leaves a good blob whose record still says the old level:
+// the next run does it again.
+//
+// Rewrites must not interleave with deletions of the same chunk; callers hold
+// the "maintenance" lock (MaintenanceLock) that any GC also takes.
+package recompress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/store"
+)
+
+// MaintenanceLock is the lock name held while chunks are rewritten or
+// deleted: one recompression or GC at a time across all instances.
+const MaintenanceLock = "maintenance"
+
+// Index is what recompression needs of the index.
+type Index interface {
+	ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error)
+	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
+	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, level int) error
+}
+
+// Options tune Run.
+type Options struct {
+	// Encoder makes the new frames (store.NewFrameEncoder); its Level is the
+	// target: every chunk recorded below it is tried.
+	Encoder store.FrameEncoder
+	// Jobs is how many chunks are recompressed at once; 0 means 1.
+	Jobs int
+	// Limit stops after this many chunks (0: all); a later run goes on.
+	Limit int
+	Log   *slog.Logger
+}
+
+// Progress counts what Run did so far; safe to read while it runs.
+type Progress struct {
+	Chunks      atomic.Int64 // chunks tried
+	Replaced    atomic.Int64 // chunks whose blob was rewritten
+	Failed      atomic.Int64 // chunks that could not be read or rewritten
+	ChunkBytes  atomic.Int64 // decoded bytes of the chunks tried
+	BytesBefore atomic.Int64 // stored bytes of the chunks tried, before
+	BytesAfter  atomic.Int64 // and after
+}
+
+// Report is the outcome of Run.
+type Report struct {
+	Chunks, Replaced, Failed            int64
+	ChunkBytes, BytesBefore, BytesAfter int64
+	// Errors holds the first failures (at most 20), one line each.
+	Errors []string
+}
+
+const pageSize = 512
+
+// Run recompresses every chunk recorded below opts.Encoder.Level(). A chunk
+// that fails to read (missing, corrupt) is counted and reported and left as
+// it was; the run goes on. It returns early only when ctx ends or the index
+// fails.
+func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *Progress) (Report, error) {
+	if opts.Encoder == nil {
+		return Report{}, errors.New("recompress: no encoder")
+	}
+	if p == nil {
+		p = &Progress{}
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	level := opts.Encoder.Level()
+	var (
+		mu           sync.Mutex
+		errs         []string
+		fatal        error
+		work         = make(chan index.Chunk)
+		wg           sync.WaitGroup
+		cctx, cancel = context.WithCancel(ctx)
+	)
+	defer cancel()
+	fail := func(err error) {
+		mu.Lock()
+		if fatal == nil {
+			fatal = err
+		}
+		mu.Unlock()
+		cancel()
+	}
+	for range max(opts.Jobs, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				r, err := chunks.Recode(cctx, c.ID, opts.Encoder, nil)
+				if err != nil && cctx.Err() != nil {
+					return
+				}
+				p.Chunks.Add(1)
+				p.ChunkBytes.Add(int64(c.Size))
+				if err != nil {
+					if errors.Is(err, store.ErrNoReplace) {
+						fail(fmt.Errorf("recompress: this chunk store cannot rewrite blobs"))
+						return
+					}
+					p.Failed.Add(1)
+					log.Warn("recompress failed", "chunk", c.ID, "err", err)
+					mu.Lock()
+					if len(errs) < 20 {
+						errs = append(errs, fmt.Sprintf("chunk %s: %v", c.ID, err))
+					}
+					mu.Unlock()
+					continue
+				}
+				p.BytesBefore.Add(int64(r.OldSize))
+				p.BytesAfter.Add(int64(r.NewSize))
+				if r.Replaced {
+					p.Replaced.Add(1)
+				}
+				// Recorded also when the old blob stays (it was already as
+				// small): the chunk is done at this level.
+				if err := ix.Recoded(cctx, c.ID, uint32(r.NewSize), level); err != nil {
+					fail(fmt.Errorf("recompress: %w", err))
+					return
+				}
+			}
+		}()
+	}
+	var after chunker.ID
+	n := 0
+	var walkErr error
+pages:
+	for {
+		ids, err := ix.ChunksBelowLevel(cctx, level, after, pageSize)
+		if err != nil {
+			walkErr = err
+			break
+		}
+		if len(ids) == 0 {
+			break
+		}
+		after = ids[len(ids)-1]
+		recs, err := ix.Chunks(cctx, ids)
+		if err != nil {
+			walkErr = err
+			break
+		}
+		for _, c := range recs {
+			if c.ID == (chunker.ID{}) { // gone meanwhile
+				continue
+			}
+			if opts.Limit > 0 && n >= opts.Limit {
+				break pages
+			}
+			n++
+			select {
+			case work <- c:
+			case <-cctx.Done():
+				break pages
+			}
+		}
+	}
+	close(work)
+	wg.Wait()
+	rep := Report{Chunks: p.Chunks.Load(), Replaced: p.Replaced.Load(), Failed: p.Failed.Load(),
+		ChunkBytes: p.ChunkBytes.Load(), BytesBefore: p.BytesBefore.Load(), BytesAfter: p.BytesAfter.Load(), Errors: errs}
+	switch {
+	case fatal != nil:
+		return rep, fatal
+	case ctx.Err() != nil:
+		return rep, fmt.Errorf("recompress interrupted: %w", ctx.Err())
+	case walkErr != nil:
+		return rep, fmt.Errorf("recompress: list chunks: %w", walkErr)
+	}
+	return rep, nil
+}

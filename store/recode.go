@@ -1,0 +1,211 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/narstore/narstore/chunker"
+)
+
+// GoMaxLevel is the strongest zstd level the pure-Go encoder reaches:
+// klauspost/compress's SpeedBestCompression is about zstd's level 11. A chunk
+// encoded in Go at a higher level asked for is recorded at this one.
+const GoMaxLevel = 11
+
+// FrameEncoder compresses data into one zstd frame, with dict (possibly
+// empty) as a raw-content dictionary: the encoding of plain and delta blob
+// payloads. Used for recompression, where it may be slow.
+type FrameEncoder interface {
+	EncodeFrame(data, dict []byte) ([]byte, error)
+	// Level is the zstd level the frames are made at, as recorded with the
+	// chunk (GoMaxLevel at most for the pure-Go encoder).
+	Level() int
+	// Name says which encoder it is, for logs and reports.
+	Name() string
+}
+
+// NewFrameEncoder returns the encoder for recompressing at level (1–22):
+// the zstd program (its optimal parsers at levels 16–22 store native
+// binaries' deltas in half the bytes of level 11) or pure Go. program is
+// "auto" (the zstd program on PATH if there is one, else Go), "exec" (the
+// program; an error without it) or "go".
+func NewFrameEncoder(level int, program string) (FrameEncoder, error) {
+	if level < 1 || level > 22 {
+		return nil, fmt.Errorf("zstd level %d out of range 1–22", level)
+	}
+	switch program {
+	case "", "auto", "exec":
+		path, err := exec.LookPath("zstd")
+		if err == nil {
+			return &execEncoder{path: path, level: level}, nil
+		}
+		if program == "exec" {
+			return nil, fmt.Errorf("--zstd-program exec: no zstd program on PATH (install the zstd package): %w", err)
+		}
+		fallthrough
+	case "go":
+		return newGoEncoder(level), nil
+	}
+	return nil, fmt.Errorf("zstd program %q: want auto, exec or go", program)
+}
+
+type goEncoder struct{ level int }
+
+func newGoEncoder(level int) *goEncoder { return &goEncoder{level: min(level, GoMaxLevel)} }
+
+func (g *goEncoder) Level() int   { return g.level }
+func (g *goEncoder) Name() string { return "go zstd level " + strconv.Itoa(g.level) }
+
+func (g *goEncoder) EncodeFrame(data, dict []byte) ([]byte, error) {
+	opts := []zstd.EOption{zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(g.level)), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true)}
+	if len(dict) > 0 {
+		opts = append(opts, zstd.WithEncoderDictRaw(1, dict), zstd.WithWindowSize(windowFor(len(dict)+len(data))))
+	}
+	enc, err := zstd.NewWriter(nil, opts...)
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Close()
+	return enc.EncodeAll(data, nil), nil
+}
+
+// execEncoder runs the zstd program once per frame. Its frames name no
+// dictionary (a raw-content dictionary has ID 0); the decoder registers a
+// delta's dictionary under both IDs.
+type execEncoder struct {
+	path  string
+	level int
+}
+
+func (e *execEncoder) Level() int   { return e.level }
+func (e *execEncoder) Name() string { return e.path + " -" + strconv.Itoa(e.level) }
+
+func (e *execEncoder) EncodeFrame(data, dict []byte) (frame []byte, err error) {
+	dir, err := os.MkdirTemp("", "narstore-recode-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	in := filepath.Join(dir, "in")
+	if err := os.WriteFile(in, data, 0o600); err != nil {
+		return nil, err
+	}
+	args := []string{"-q", "-c", "--no-check", "--no-progress", "-" + strconv.Itoa(e.level)}
+	if e.level > 19 {
+		args = append(args, "--ultra")
+	}
+	if len(dict) > 0 {
+		// --patch-from loads dict as raw content and sizes the window to
+		// reach all of it (-D would keep the default window).
+		d := filepath.Join(dir, "dict")
+		if err := os.WriteFile(d, dict, 0o600); err != nil {
+			return nil, err
+		}
+		args = append(args, "--patch-from="+d)
+	}
+	args = append(args, in)
+	cmd := exec.Command(e.path, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %s", e.path, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out, nil
+}
+
+// Recoded is what Recode did with one chunk.
+type Recoded struct {
+	Encoding Encoding
+	Bases    []chunker.ID
+	OldSize  int // blob bytes before
+	NewSize  int // blob bytes now (OldSize when not replaced)
+	Replaced bool
+}
+
+// ErrNoReplace is returned by Recode when the store cannot rewrite blobs.
+var ErrNoReplace = errors.New("store cannot replace blobs")
+
+// Recode re-encodes stored chunk id with enc, keeping its encoding kind and
+// bases (so nothing that depends on it changes), and replaces the blob when
+// the new one is smaller. The new blob is decoded with the read path's own
+// decoders and compared with the chunk's verified bytes before it replaces
+// the old one, so a recompression can never store bytes that do not read
+// back. Bases are loaded through base (Get if nil). A raw chunk that now
+// compresses becomes plain zstd.
+func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, base BaseFunc) (Recoded, error) {
+	r, ok := c.store.(Replacer)
+	if !ok {
+		return Recoded{}, ErrNoReplace
+	}
+	blob, data, err := c.Blob(ctx, id, base)
+	if err != nil {
+		return Recoded{}, err
+	}
+	kind, bases, _, err := BlobHeader(blob)
+	if err != nil {
+		return Recoded{}, err
+	}
+	out := Recoded{Encoding: kind, Bases: bases, OldSize: len(blob), NewSize: len(blob)}
+	var dict []byte
+	if kind.IsDelta() {
+		for _, b := range bases {
+			var bd []byte
+			if base != nil {
+				bd, err = base(context.WithValue(ctx, chainDepthKey{}, chainDepth(ctx)+1), b)
+			} else {
+				bd, err = c.get(ctx, b, nil, chainDepth(ctx)+1)
+			}
+			if err != nil {
+				return out, fmt.Errorf("chunk %s: delta base %s: %w", id, b, err)
+			}
+			dict = append(dict, bd...)
+		}
+	}
+	frame, err := enc.EncodeFrame(data, dict)
+	if err != nil {
+		return out, fmt.Errorf("chunk %s: recompress: %w", id, err)
+	}
+	// Same header as before (the raw case becomes zstd), new payload.
+	hdr := 2 // version and encoding bytes
+	switch kind {
+	case EncZstdDelta:
+		hdr += len(chunker.ID{})
+	case EncZstdMultiDelta:
+		hdr += 1 + len(bases)*len(chunker.ID{})
+	}
+	newKind := kind
+	if kind == EncRaw {
+		newKind = EncZstd
+	}
+	nb := make([]byte, 0, hdr+len(frame))
+	nb = append(nb, blob[:hdr]...)
+	nb[1] = byte(newKind)
+	nb = append(nb, frame...)
+	if len(nb) >= len(blob) {
+		return out, nil
+	}
+	var got []byte
+	if kind.IsDelta() {
+		got, err = c.decodeDelta(frame, dict)
+	} else {
+		got, err = c.dec.DecodeAll(frame, make([]byte, 0, len(data)))
+	}
+	if err != nil || !bytes.Equal(got, data) {
+		return out, fmt.Errorf("chunk %s: recompressed frame does not decode to the chunk (%v); left as it was", id, err)
+	}
+	if err := r.Replace(ctx, id, nb); err != nil {
+		return out, err
+	}
+	out.Encoding, out.NewSize, out.Replaced = newKind, len(nb), true
+	return out, nil
+}

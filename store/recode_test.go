@@ -1,0 +1,212 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/internal/testenv"
+	"github.com/narstore/narstore/store"
+	"github.com/narstore/narstore/store/storetest"
+)
+
+func readBlob(t *testing.T, s store.Store, id chunker.ID) []byte {
+	t.Helper()
+	rc, err := s.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Recode rewrites plain, single-base and multi-base chunks at a stronger
+// level with the pure-Go encoder and with the zstd program (whose frames
+// name no dictionary): same bytes on read, same bases, smaller blobs.
+func TestRecode(t *testing.T) {
+	encoders := map[string]func(t *testing.T) store.FrameEncoder{
+		"go": func(t *testing.T) store.FrameEncoder {
+			e, err := store.NewFrameEncoder(19, "go")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Level() != store.GoMaxLevel {
+				t.Errorf("go encoder at 19 reports level %d, want %d", e.Level(), store.GoMaxLevel)
+			}
+			return e
+		},
+		"exec": func(t *testing.T) store.FrameEncoder {
+			testenv.LookPath(t, "zstd", "apt install zstd")
+			e, err := store.NewFrameEncoder(19, "exec")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Level() != 19 {
+				t.Errorf("zstd program at 19 reports level %d", e.Level())
+			}
+			return e
+		},
+	}
+	for name, newEnc := range encoders {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			enc := newEnc(t)
+			d := newDir(t)
+			c, _ := store.NewChunks(d, store.ChunksOptions{Level: 1})
+			a, b := textBytes(200<<10, 11), textBytes(200<<10, 12)
+			aID, bID := chunker.Sum(a), chunker.Sum(b)
+			c.Put(ctx, aID, a)
+			c.Put(ctx, bID, b)
+			// Half old content, half new: the new half is where the level shows.
+			one := append(append([]byte(nil), a[:100<<10]...), textBytes(100<<10, 13)...)
+			two := append(append(append([]byte(nil), a[150<<10:]...), textBytes(100<<10, 14)...), b[:50<<10]...)
+			oneBlob, _, _ := c.EncodeDelta(one, []store.Base{{ID: aID, Data: a}})
+			twoBlob, _, _ := c.EncodeDelta(two, []store.Base{{ID: aID, Data: a}, {ID: bID, Data: b}})
+			oneID, twoID := chunker.Sum(one), chunker.Sum(two)
+			d.Put(ctx, oneID, oneBlob)
+			d.Put(ctx, twoID, twoBlob)
+			random := storetest.RandomBytes(64<<10, 15)
+			rawID := chunker.Sum(random)
+			c.Put(ctx, rawID, random)
+
+			for _, tc := range []struct {
+				name  string
+				id    chunker.ID
+				data  []byte
+				kind  store.Encoding
+				bases []chunker.ID
+			}{
+				{"plain", aID, a, store.EncZstd, nil},
+				{"delta", oneID, one, store.EncZstdDelta, []chunker.ID{aID}},
+				{"multi-delta", twoID, two, store.EncZstdMultiDelta, []chunker.ID{aID, bID}},
+			} {
+				before := readBlob(t, d, tc.id)
+				r, err := c.Recode(ctx, tc.id, enc, nil)
+				if err != nil {
+					t.Fatalf("%s: %v", tc.name, err)
+				}
+				if !r.Replaced || r.NewSize >= r.OldSize || r.OldSize != len(before) {
+					t.Errorf("%s: %+v; want a smaller blob than the level-1 one (%d bytes)", tc.name, r, len(before))
+				}
+				after := readBlob(t, d, tc.id)
+				if len(after) != r.NewSize {
+					t.Errorf("%s: stored blob is %d bytes, Recode says %d", tc.name, len(after), r.NewSize)
+				}
+				kind, bases, _, err := store.BlobHeader(after)
+				if err != nil || kind != tc.kind || !equalIDs(bases, tc.bases) || r.Encoding != tc.kind || !equalIDs(r.Bases, tc.bases) {
+					t.Errorf("%s: rewritten blob is %v with bases %v (%v); want %v with %v", tc.name, kind, bases, err, tc.kind, tc.bases)
+				}
+				if got, err := c.Get(ctx, tc.id); err != nil || !bytes.Equal(got, tc.data) {
+					t.Fatalf("%s: Get after Recode: %v", tc.name, err)
+				}
+				// Again: nothing smaller to gain, nothing rewritten.
+				if r2, err := c.Recode(ctx, tc.id, enc, nil); err != nil || r2.Replaced {
+					t.Errorf("%s: second Recode: %+v, %v; want no rewrite", tc.name, r2, err)
+				}
+			}
+			if r, err := c.Recode(ctx, rawID, enc, nil); err != nil || r.Replaced || r.Encoding != store.EncRaw {
+				t.Errorf("incompressible raw chunk: %+v, %v; want it left raw", r, err)
+			}
+		})
+	}
+}
+
+func equalIDs(a, b []chunker.ID) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// wrongFrames is an encoder whose frames decode to other bytes.
+type wrongFrames struct{ store.FrameEncoder }
+
+func (w wrongFrames) EncodeFrame(data, dict []byte) ([]byte, error) {
+	return w.FrameEncoder.EncodeFrame(data[:len(data)/2], dict)
+}
+
+type noReplace struct{ store.Store }
+
+// Recode leaves a blob as it was when the chunk cannot be read (missing or
+// damaged base, damaged blob), when the new frame does not decode to the
+// chunk, and on stores that cannot replace blobs.
+func TestRecodeFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	enc, _ := store.NewFrameEncoder(11, "go")
+	d := newDir(t)
+	c, _ := store.NewChunks(d, store.ChunksOptions{Level: 1})
+	base := textBytes(100<<10, 21)
+	next := append(append([]byte(nil), base[:50<<10]...), textBytes(50<<10, 22)...)
+	baseID, nextID := chunker.Sum(base), chunker.Sum(next)
+	c.Put(ctx, baseID, base)
+	blob, _, _ := c.EncodeDelta(next, []store.Base{{ID: baseID, Data: base}})
+	d.Put(ctx, nextID, blob)
+
+	unchanged := func(name string, id chunker.ID, want []byte) {
+		t.Helper()
+		if got := readBlob(t, d, id); !bytes.Equal(got, want) {
+			t.Errorf("%s: blob changed", name)
+		}
+	}
+	if _, err := c.Recode(ctx, nextID, wrongFrames{enc}, nil); err == nil {
+		t.Error("frame decoding to other bytes: no error")
+	}
+	unchanged("wrong frame", nextID, blob)
+	plainBlob := readBlob(t, d, baseID)
+	if _, err := c.Recode(ctx, baseID, wrongFrames{enc}, nil); err == nil {
+		t.Error("plain frame decoding to other bytes: no error")
+	}
+	unchanged("wrong plain frame", baseID, plainBlob)
+
+	c2, _ := store.NewChunks(noReplace{d}, store.ChunksOptions{})
+	if _, err := c2.Recode(ctx, baseID, enc, nil); !errors.Is(err, store.ErrNoReplace) {
+		t.Errorf("store without Replace: %v, want ErrNoReplace", err)
+	}
+
+	bad, _ := c.Encode(textBytes(100<<10, 23))
+	d.Delete(ctx, baseID)
+	d.Put(ctx, baseID, bad)
+	if _, err := c.Recode(ctx, nextID, enc, nil); !errors.Is(err, store.ErrCorrupt) {
+		t.Errorf("damaged base: %v, want ErrCorrupt", err)
+	}
+	unchanged("damaged base", nextID, blob)
+	if _, err := c.Recode(ctx, baseID, enc, nil); !errors.Is(err, store.ErrCorrupt) {
+		t.Errorf("damaged blob: %v, want ErrCorrupt", err)
+	}
+	unchanged("damaged blob", baseID, bad)
+	d.Delete(ctx, baseID)
+	if _, err := c.Recode(ctx, nextID, enc, nil); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("missing base: %v, want ErrNotFound", err)
+	}
+	unchanged("missing base", nextID, blob)
+}
+
+func TestNewFrameEncoderRejects(t *testing.T) {
+	for _, tc := range []struct {
+		level   int
+		program string
+	}{{0, "go"}, {23, "auto"}, {19, "gzip"}} {
+		if _, err := store.NewFrameEncoder(tc.level, tc.program); err == nil {
+			t.Errorf("NewFrameEncoder(%d, %q): no error", tc.level, tc.program)
+		}
+	}
+	t.Setenv("PATH", t.TempDir())
+	if _, err := store.NewFrameEncoder(19, "exec"); err == nil {
+		t.Error("exec without a zstd program: no error")
+	}
+	if e, err := store.NewFrameEncoder(19, "auto"); err != nil || e.Level() != store.GoMaxLevel {
+		t.Errorf("auto without a zstd program: %v, %v; want the Go encoder", e, err)
+	}
+}
