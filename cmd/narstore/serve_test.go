@@ -22,6 +22,7 @@ import (
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/internal/nixtest"
+	"github.com/narstore/narstore/internal/testenv"
 	"github.com/narstore/narstore/refnorm"
 	"github.com/narstore/narstore/store"
 )
@@ -346,6 +347,11 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 	ix.Close()
 	if normalized != 2 || deltas == 0 {
 		t.Fatalf("fixture does not exercise the features: %d normalized NARs, %d delta chunks", normalized, deltas)
+	}
+	// Recompressed by the zstd program: its delta frames name no dictionary.
+	testenv.LookPath(t, "zstd", "apt install zstd")
+	if out, errs, code := narstore(t, "recompress", "--data", data, "--level", "19", "--zstd-program", "exec"); code != 0 || strings.Contains(out, " 0 rewritten") {
+		t.Fatalf("recompress: exit %d\n%s\n%s", code, out, errs)
 	}
 	url := startServe(t, "--data", data)
 	client := filepath.Join(t.TempDir(), "client")

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/internal/nixtest"
+	"github.com/narstore/narstore/internal/testenv"
+)
+
+// recompressFixture ingests three Go source trees at zstd level 1 into a
+// fresh data directory and returns it.
+func recompressFixture(t *testing.T) string {
+	t.Helper()
+	cache := nixtest.NewCache(t, "up-1")
+	var paths []string
+	for _, d := range []string{"src/sort", "src/bufio", "src/encoding/json"} {
+		ni := cache.Add(t, nixtest.Path{Name: filepath.Base(d), NAR: nixtest.DumpPath(t, nixtest.GoRoot(t, d))})
+		paths = append(paths, ni.StorePath)
+	}
+	data := t.TempDir()
+	args := append([]string{"ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(),
+		"--zstd-level", "1", "--preset", "fastcdc-16k-64k-256k"}, paths...)
+	if _, errs, code := narstore(t, args...); code != 0 {
+		t.Fatalf("ingest: %s", errs)
+	}
+	return data
+}
+
+func chunksBelow(t *testing.T, data string, level int) int {
+	t.Helper()
+	ix, err := index.OpenSQLite(filepath.Join(data, "index.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+	ids, err := ix.ChunksBelowLevel(t.Context(), level, chunker.ID{}, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ids)
+}
+
+func TestRecompressCommand(t *testing.T) {
+	testenv.LookPath(t, "zstd", "apt install zstd")
+	data := recompressFixture(t)
+	before := stats(t, data)
+	if n := chunksBelow(t, data, 19); n != int(before.Chunks) {
+		t.Fatalf("%d of %d chunks recorded below level 19 after a level-1 ingest", n, before.Chunks)
+	}
+	out, errs, code := narstore(t, "recompress", "--data", data, "--level", "19")
+	if code != 0 {
+		t.Fatalf("recompress: exit %d: %s %s", code, out, errs)
+	}
+	if !strings.Contains(out, "with /") || !strings.Contains(out, "-19 in") || strings.Contains(out, " 0 rewritten") {
+		t.Errorf("recompress summary:\n%s", out)
+	}
+	after := stats(t, data)
+	if after.StoredBytes >= before.StoredBytes || after.Chunks != before.Chunks || after.NARBytes != before.NARBytes {
+		t.Errorf("stats before %+v, after %+v: want fewer stored bytes, same chunks and NARs", before, after)
+	}
+	// The index's stored bytes match the blobs on disk.
+	var onDisk uint64
+	filepath.WalkDir(filepath.Join(data, "chunks", "chunks"), func(p string, d fs.DirEntry, err error) error {
+		if d != nil && !d.IsDir() {
+			fi, _ := d.Info()
+			onDisk += uint64(fi.Size())
+		}
+		return nil
+	})
+	if onDisk != after.StoredBytes {
+		t.Errorf("blobs on disk: %d bytes, index says %d", onDisk, after.StoredBytes)
+	}
+	if n := chunksBelow(t, data, 19); n != 0 {
+		t.Errorf("%d chunks still below level 19", n)
+	}
+	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
+		t.Fatalf("verify after recompress: %s %s", out, errs)
+	}
+	out, _, code = narstore(t, "recompress", "--data", data, "--level", "19")
+	if code != 0 || !strings.Contains(out, "Recompressed 0 chunks") {
+		t.Errorf("second run: exit %d\n%s", code, out)
+	}
+
+	// Another holder of the maintenance lock: refused, nothing done.
+	f, err := os.OpenFile(filepath.Join(data, "maintenance.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	_, errs, code = narstore(t, "recompress", "--data", data, "--level", "22")
+	f.Close()
+	if code != 1 || !strings.Contains(errs, "maintenance lock") {
+		t.Errorf("with the lock held: exit %d: %s", code, errs)
+	}
+	if n := chunksBelow(t, data, 22); n != int(before.Chunks) {
+		t.Errorf("recompress ran without the lock: %d chunks below 22", n)
+	}
+}
+
+// A damaged chunk is reported and left as it was; the others are done.
+func TestRecompressReportsDamagedChunks(t *testing.T) {
+	data := recompressFixture(t)
+	var victim string
+	filepath.WalkDir(filepath.Join(data, "chunks", "chunks"), func(p string, d fs.DirEntry, err error) error {
+		if d != nil && !d.IsDir() && victim == "" {
+			victim = p
+		}
+		return nil
+	})
+	b, _ := os.ReadFile(victim)
+	b[len(b)/2] ^= 0xff
+	os.WriteFile(victim, b, 0o644)
+	out, errs, code := narstore(t, "recompress", "--data", data, "--level", "9", "--zstd-program", "go")
+	if code != 1 || !strings.Contains(out, "FAILED chunk "+filepath.Base(victim)) || !strings.Contains(errs, "1 chunks could not be recompressed") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
+	}
+	if got, _ := os.ReadFile(victim); string(got) != string(b) {
+		t.Error("the damaged blob was rewritten")
+	}
+	if n := chunksBelow(t, data, 9); n != 1 {
+		t.Errorf("%d chunks below level 9 after the run, want just the damaged one", n)
+	}
+}
+
+func TestRecompressUsageErrors(t *testing.T) {
+	data := recompressFixture(t)
+	for _, args := range [][]string{
+		{"--level", "0"}, {"--level", "23"}, {"--zstd-program", "gzip"}, {"--jobs", "0"}, {"--limit", "-1"},
+	} {
+		_, errs, code := narstore(t, append([]string{"recompress", "--data", data}, args...)...)
+		if code != 2 || errs == "" {
+			t.Errorf("recompress %v: exit %d %q, want 2 and a message", args, code, errs)
+		}
+	}
+	if _, errs, code := narstore(t, "recompress", "--data", t.TempDir()); code == 0 || !strings.Contains(errs, "no narstore index") {
+		t.Errorf("empty data dir: exit %d %s", code, errs)
+	}
+}
