@@ -19,6 +19,7 @@ import (
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/reassembly"
+	"github.com/narstore/narstore/recompress"
 	"github.com/narstore/narstore/store"
 )
 
@@ -28,6 +29,10 @@ type Config struct {
 	Level     int  // zstd level
 	Delta     bool // delta-encode new chunks against the package's previous NAR
 	Normalize bool // store-reference normalization (needs narinfos: store-path bumps)
+	// Recompress, if not 0, is the zstd level `narstore recompress` rewrites
+	// the store at after each bump (as a nightly job would), with the zstd
+	// program when installed.
+	Recompress int
 }
 
 // Name identifies the configuration in reports.
@@ -38,6 +43,9 @@ func (c Config) Name() string {
 	}
 	if c.Delta {
 		n += "+delta"
+	}
+	if c.Recompress > 0 {
+		n += fmt.Sprintf("+rc%d", c.Recompress)
 	}
 	return n
 }
@@ -106,6 +114,12 @@ type Row struct {
 	GetCost        float64 `json:"get_cost_usd"`
 	StorageCost    float64 `json:"storage_cost_usd_month"`
 	IngestMBps     float64 `json:"ingest_mb_per_s"`     // this bump's NAR bytes / ingest time
+	Recompress     int     `json:"recompress_level"`    // 0: no recompression
+	// StoredBeforeRecompress is StoredBytes as ingest left it (cumulative,
+	// earlier bumps recompressed); RecompressMBps is this bump's new chunk
+	// bytes (decoded) / recompression time.
+	StoredBeforeRecompress uint64  `json:"stored_bytes_before_recompress"`
+	RecompressMBps         float64 `json:"recompress_mb_per_s"`
 	ReassemblyMBps float64 `json:"reassembly_mb_per_s"` // this bump's NAR bytes / read time from an empty 256 MB chunk cache
 }
 
@@ -236,6 +250,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 	seen := map[string]bool{}
 	var rows []Row
 	pkgs := map[string]*PackageRow{}
+	owner := map[chunker.ID]string{} // package whose NAR stored the chunk first
 	account := func(pname string, before int64, nar *index.NAR) {
 		p := pkgs[pname]
 		if p == nil {
@@ -244,6 +259,11 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 		}
 		p.NARs++
 		p.NARBytes += nar.Size
+		for _, ch := range nar.Chunks {
+			if _, ok := owner[ch.ID]; !ok {
+				owner[ch.ID] = pname
+			}
+		}
 		p.UpstreamBytes += nar.UpstreamSize
 		p.StoredBytes += uint64(in.Progress.NewStoredBytes.Load() - before)
 	}
@@ -310,6 +330,33 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 		if err != nil {
 			return nil, nil, err
 		}
+		storedBefore := st.StoredBytes
+		var recompressMBps float64
+		if c.Recompress > 0 {
+			enc, err := store.NewFrameEncoder(c.Recompress, "auto")
+			if err != nil {
+				return nil, nil, err
+			}
+			var mu sync.Mutex
+			start := time.Now()
+			rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: 1, OnChunk: func(id chunker.ID, before, after int) {
+				mu.Lock()
+				if p := pkgs[owner[id]]; p != nil {
+					p.StoredBytes -= uint64(before - after)
+				}
+				mu.Unlock()
+			}}, nil)
+			if err != nil {
+				return nil, nil, err
+			}
+			if rep.Failed > 0 {
+				return nil, nil, fmt.Errorf("recompress: %d chunks failed: %s", rep.Failed, rep.Errors[0])
+			}
+			recompressMBps = float64(rep.ChunkBytes) / 1e6 / max(time.Since(start).Seconds(), 1e-9)
+			if st, err = ix.Stats(ctx); err != nil {
+				return nil, nil, err
+			}
+		}
 		fp, err := ix.Footprint(ctx)
 		if err != nil {
 			return nil, nil, err
@@ -347,6 +394,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 			GetCost:        float64(gets) / 1000 * o.Prices.GetPer1000,
 			StorageCost:    float64(st.StoredBytes) / 1e9 * o.Prices.GBMonth,
 			IngestMBps:     bumpNAR / 1e6 / ingestDur.Seconds(),
+			Recompress:     c.Recompress, StoredBeforeRecompress: storedBefore, RecompressMBps: recompressMBps,
 			ReassemblyMBps: bumpNAR / 1e6 / max(readDur.Seconds(), 1e-9),
 		}
 		rows = append(rows, row)

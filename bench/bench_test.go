@@ -141,3 +141,41 @@ func TestBenchFromBinaryCacheAndFiles(t *testing.T) {
 		t.Errorf("results.csv has %d lines, want header + %d", lines, len(fromFiles))
 	}
 }
+
+// With recompression after each bump, the same ingest stores fewer bytes,
+// the row keeps what ingest alone stored, and per-package figures still add
+// up to the store's total.
+func TestBenchRecompress(t *testing.T) {
+	_, dirs, _ := corpus(t)
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	cfgs := []bench.Config{{Preset: preset, Level: 1}, {Preset: preset, Level: 1, Recompress: 9}}
+	res, err := bench.RunAll(t.Context(), bench.Options{Bumps: bumpsOf(t, dirs), Configs: cfgs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byCfg := map[string][]bench.Row{}
+	for _, r := range res.Rows {
+		byCfg[r.Config] = append(byCfg[r.Config], r)
+	}
+	plain, rc := byCfg[cfgs[0].Name()], byCfg[cfgs[1].Name()]
+	if len(plain) != len(dirs) || len(rc) != len(dirs) || !strings.HasSuffix(cfgs[1].Name(), "+rc9") {
+		t.Fatalf("rows: %v", byCfg)
+	}
+	if rc[0].StoredBeforeRecompress != plain[0].StoredBytes {
+		t.Errorf("bump 1 before recompression: %d bytes, plain ingest stored %d", rc[0].StoredBeforeRecompress, plain[0].StoredBytes)
+	}
+	for i := range rc {
+		if rc[i].StoredBytes >= plain[i].StoredBytes || rc[i].RecompressMBps <= 0 || rc[i].Recompress != 9 || rc[i].Chunks != plain[i].Chunks {
+			t.Errorf("bump %d: recompressed %+v\nplain %+v", i+1, rc[i], plain[i])
+		}
+	}
+	var sum uint64
+	for _, p := range res.Packages {
+		if p.Config == cfgs[1].Name() {
+			sum += p.StoredBytes
+		}
+	}
+	if last := rc[len(rc)-1]; sum != last.StoredBytes {
+		t.Errorf("packages add up to %d stored bytes, the store holds %d", sum, last.StoredBytes)
+	}
+}

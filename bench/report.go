@@ -20,10 +20,14 @@ import (
 func WriteTable(w io.Writer, rows []Row) {
 	last := lastRows(rows)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "config\tNARs\tupstream\tNAR\tstored\tstored/upstream\tstored/NAR\tobjects\tindex rows\tindex\tPUT $\tstorage $/mo\tingest MB/s\treassembly MB/s\t")
+	fmt.Fprintln(tw, "config\tNARs\tupstream\tNAR\tstored\tstored/upstream\tstored/NAR\tobjects\tindex rows\tindex\tPUT $\tstorage $/mo\tingest MB/s\trecompress MB/s\treassembly MB/s\t")
 	for _, r := range last {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%.3f\t%.3f\t%d\t%d\t%s\t%.4f\t%.4f\t%.0f\t%.0f\t\n", r.Config, r.NARs, mb(r.UpstreamBytes), mb(r.NARBytes),
-			mb(r.StoredBytes), r.StoredUpstream, r.StoredNAR, r.Objects, r.IndexRows, mb(uint64(r.IndexBytes)), r.PutCost, r.StorageCost, r.IngestMBps, r.ReassemblyMBps)
+		rc := "-"
+		if r.Recompress > 0 {
+			rc = fmt.Sprintf("%.1f", r.RecompressMBps)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%.3f\t%.3f\t%d\t%d\t%s\t%.4f\t%.4f\t%.0f\t%s\t%.0f\t\n", r.Config, r.NARs, mb(r.UpstreamBytes), mb(r.NARBytes),
+			mb(r.StoredBytes), r.StoredUpstream, r.StoredNAR, r.Objects, r.IndexRows, mb(uint64(r.IndexBytes)), r.PutCost, r.StorageCost, r.IngestMBps, rc, r.ReassemblyMBps)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

@@ -49,6 +49,9 @@ type Options struct {
 	// Limit stops after this many chunks (0: all); a later run goes on.
 	Limit int
 	Log   *slog.Logger
+	// OnChunk, if set, is called (from the workers, concurrently) for every
+	// chunk done, with its stored bytes before and after.
+	OnChunk func(id chunker.ID, before, after int)
 }
 
 // Progress counts what Run did so far; safe to read while it runs.
@@ -128,6 +131,9 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 					}
 					mu.Unlock()
 					continue
+				}
+				if opts.OnChunk != nil {
+					opts.OnChunk(c.ID, r.OldSize, r.NewSize)
 				}
 				p.BytesBefore.Add(int64(r.OldSize))
 				p.BytesAfter.Add(int64(r.NewSize))

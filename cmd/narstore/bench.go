@@ -28,6 +28,7 @@ func setupBench(fs *flag.FlagSet) runFunc {
 	levels := fs.String("levels", "1,3", "comma-separated zstd levels to sweep")
 	delta := fs.String("delta", "off", "delta encoding values to sweep: off, on or off,on")
 	normalize := fs.String("normalize", "off", "store-reference normalization values to sweep: off, on or off,on (needs --bump-paths)")
+	recompressLevels := fs.String("recompress", "0", "comma-separated zstd levels to sweep for `narstore recompress` after each bump (0: none), with the zstd program when installed")
 	parallel := fs.Int("parallel", 2, "configurations run at once")
 	deltaBases := fs.Int("delta-bases", 3, "for delta configurations: bases per delta chunk (as ingest --delta-bases)")
 	similar := fs.Bool("similar-search", true, "for delta configurations: store-wide similar-chunk search (as ingest --similar-search)")
@@ -90,6 +91,14 @@ func setupBench(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
+		var rcs []int
+		for _, l := range strings.Split(*recompressLevels, ",") {
+			lvl, err := strconv.Atoi(strings.TrimSpace(l))
+			if err != nil || lvl < 0 || lvl > 22 {
+				return &exitError{code: 2, msg: fmt.Sprintf("--recompress: %q is not 0 or a zstd level 1-22", l)}
+			}
+			rcs = append(rcs, lvl)
+		}
 		for _, p := range strings.Split(*presets, ",") {
 			preset, err := chunker.LookupPreset(strings.TrimSpace(p))
 			if err != nil {
@@ -102,7 +111,9 @@ func setupBench(fs *flag.FlagSet) runFunc {
 				}
 				for _, n := range norms {
 					for _, d := range deltas {
-						o.Configs = append(o.Configs, bench.Config{Preset: preset, Level: lvl, Delta: d, Normalize: n})
+						for _, rc := range rcs {
+							o.Configs = append(o.Configs, bench.Config{Preset: preset, Level: lvl, Delta: d, Normalize: n, Recompress: rc})
+						}
 					}
 				}
 			}
