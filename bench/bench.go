@@ -113,14 +113,14 @@ type Row struct {
 	PutCost        float64 `json:"put_cost_usd"`
 	GetCost        float64 `json:"get_cost_usd"`
 	StorageCost    float64 `json:"storage_cost_usd_month"`
-	IngestMBps     float64 `json:"ingest_mb_per_s"`     // this bump's NAR bytes / ingest time
-	Recompress     int     `json:"recompress_level"`    // 0: no recompression
+	IngestMBps     float64 `json:"ingest_mb_per_s"`  // this bump's NAR bytes / ingest time
+	Recompress     int     `json:"recompress_level"` // 0: no recompression
 	// StoredBeforeRecompress is StoredBytes as ingest left it (cumulative,
 	// earlier bumps recompressed); RecompressMBps is this bump's new chunk
 	// bytes (decoded) / recompression time.
 	StoredBeforeRecompress uint64  `json:"stored_bytes_before_recompress"`
 	RecompressMBps         float64 `json:"recompress_mb_per_s"`
-	ReassemblyMBps float64 `json:"reassembly_mb_per_s"` // this bump's NAR bytes / read time from an empty 256 MB chunk cache
+	ReassemblyMBps         float64 `json:"reassembly_mb_per_s"` // this bump's NAR bytes / read time from an empty 256 MB chunk cache
 }
 
 // PackageRow is what one configuration stored for one package name over all
@@ -390,11 +390,11 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 			NARs: st.NARs, UpstreamBytes: st.UpstreamSize, NARBytes: st.NARBytes, Chunks: st.Chunks, StoredBytes: st.StoredBytes,
 			StoredUpstream: ratio(st.StoredBytes, st.UpstreamSize), StoredNAR: ratio(st.StoredBytes, st.NARBytes),
 			IndexRows: fp.Rows, IndexBytes: fp.Bytes, Objects: st.Chunks, PutRequests: puts, GetRequests: gets,
-			PutCost:        float64(puts) / 1000 * o.Prices.PutPer1000,
-			GetCost:        float64(gets) / 1000 * o.Prices.GetPer1000,
-			StorageCost:    float64(st.StoredBytes) / 1e9 * o.Prices.GBMonth,
-			IngestMBps:     bumpNAR / 1e6 / ingestDur.Seconds(),
-			Recompress:     c.Recompress, StoredBeforeRecompress: storedBefore, RecompressMBps: recompressMBps,
+			PutCost:     float64(puts) / 1000 * o.Prices.PutPer1000,
+			GetCost:     float64(gets) / 1000 * o.Prices.GetPer1000,
+			StorageCost: float64(st.StoredBytes) / 1e9 * o.Prices.GBMonth,
+			IngestMBps:  bumpNAR / 1e6 / ingestDur.Seconds(),
+			Recompress:  c.Recompress, StoredBeforeRecompress: storedBefore, RecompressMBps: recompressMBps,
 			ReassemblyMBps: bumpNAR / 1e6 / max(readDur.Seconds(), 1e-9),
 		}
 		rows = append(rows, row)
