@@ -22,6 +22,7 @@ import (
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/internal/nixtest"
 	"github.com/narstore/narstore/internal/testservers"
+	"github.com/narstore/narstore/lock"
 )
 
 // narstore runs the command in-process and returns stdout, stderr and the exit code.
@@ -290,6 +291,29 @@ func TestIngestAndServeOnPostgresAndS3(t *testing.T) {
 	}
 	if out, errs, code := narstore(t, append([]string{"verify"}, common...)...); code != 0 {
 		t.Fatalf("verify: %s %s", out, errs)
+	}
+	// Recompression rewrites S3 objects in place under the PostgreSQL
+	// maintenance lock; a second instance trying at the same time is refused.
+	pgLock, err := lock.NewPostgres(t.Context(), dsn, 4, lock.Retry{MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, ok, err := pgLock.TryLock(t.Context(), "maintenance", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("take the maintenance lock: %v %v", ok, err)
+	}
+	rc := append(append(append([]string{"recompress"}, common...), lockArgs...), "--level", "9", "--zstd-program", "go")
+	if _, errs, code := narstore(t, rc...); code != 1 || !strings.Contains(errs, "maintenance lock") {
+		t.Fatalf("recompress with the lock held elsewhere: exit %d: %s", code, errs)
+	}
+	lease.Unlock(t.Context())
+	pgLock.Close()
+	if out, errs, code := narstore(t, rc...); code != 0 || strings.Contains(out, " 0 rewritten") {
+		t.Fatalf("recompress: exit %d\n%s\n%s", code, out, errs)
+	}
+	statsBefore := out // stats --json from above
+	if after, _, _ := narstore(t, append([]string{"stats", "--json"}, common...)...); after == statsBefore {
+		t.Error("stats unchanged by recompress")
 	}
 	checkServedNARs(t, startServe(t, append(common, lockArgs...)...), nis)
 }
