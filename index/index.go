@@ -127,9 +127,9 @@ type Index interface {
 	// for the first page): what a recompression to level has left to do.
 	ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error)
 	// Recoded records that chunk id's blob was rewritten (same bytes, same
-	// bases) at level into storedSize bytes. ErrNotFound if there is no
-	// such chunk.
-	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, level int) error
+	// bases) at level into storedSize bytes of encoding (which only changes
+	// from raw to zstd). ErrNotFound if there is no such chunk.
+	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error
 	// WalkNARs calls fn for every NAR (without its chunk list), oldest
 	// first: in the order they were recorded, to the second, and within a
 	// second in package-lineage order (so a copy keeps each package's

@@ -243,8 +243,8 @@ func (p *Postgres) ChunksBelowLevel(ctx context.Context, level int, after chunke
 }
 
 // Recoded implements Index.
-func (p *Postgres) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, level int) error {
-	tag, err := p.pool.Exec(ctx, `UPDATE chunks SET stored_size = $1, level = $2 WHERE id = $3`, int32(storedSize), int16(level), id[:])
+func (p *Postgres) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error {
+	tag, err := p.pool.Exec(ctx, `UPDATE chunks SET stored_size = $1, encoding = $2, level = $3 WHERE id = $4`, int32(storedSize), int16(encoding), int16(level), id[:])
 	if err != nil {
 		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
 	}

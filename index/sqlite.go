@@ -440,8 +440,8 @@ func (s *SQLite) ChunksBelowLevel(ctx context.Context, level int, after chunker.
 }
 
 // Recoded implements Index.
-func (s *SQLite) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, level int) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE chunks SET stored_size = ?, level = ? WHERE id = ?`, storedSize, level, id[:])
+func (s *SQLite) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE chunks SET stored_size = ?, encoding = ?, level = ? WHERE id = ?`, storedSize, encoding, level, id[:])
 	if err != nil {
 		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
 	}

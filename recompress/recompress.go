@@ -36,7 +36,7 @@ const MaintenanceLock = "maintenance"
 type Index interface {
 	ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error)
 	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
-	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, level int) error
+	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error
 }
 
 // Options tune Run.
@@ -142,7 +142,7 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 				}
 				// Recorded also when the old blob stays (it was already as
 				// small): the chunk is done at this level.
-				if err := ix.Recoded(cctx, c.ID, uint32(r.NewSize), level); err != nil {
+				if err := ix.Recoded(cctx, c.ID, uint32(r.NewSize), uint8(r.Encoding), level); err != nil {
 					fail(fmt.Errorf("recompress: %w", err))
 					return
 				}

@@ -314,6 +314,7 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 			chunks[i].Level = uint8(i % 3 * 9) // 0, 9, 18, …
 		}
 		chunks[5].Encoding, chunks[5].Bases, chunks[5].Depth = 3, []chunker.ID{chunks[0].ID, chunks[1].ID}, 1
+		chunks[4].Encoding = 0 // raw
 		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
 			t.Fatal(err)
 		}
@@ -353,7 +354,7 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("ChunksBelowLevel(10) = %v, want %v", got, want)
 		}
-		if err := ix.Recoded(ctx, chunks[5].ID, 33, 19); err != nil {
+		if err := ix.Recoded(ctx, chunks[5].ID, 33, 3, 19); err != nil {
 			t.Fatal(err)
 		}
 		recs, err = ix.Chunks(ctx, []chunker.ID{chunks[5].ID})
@@ -363,10 +364,17 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		if c := recs[0]; c.Level != 19 || c.StoredSize != 33 || c.Encoding != 3 || !reflect.DeepEqual(c.Bases, chunks[5].Bases) || c.Size != 100 {
 			t.Fatalf("after Recoded: %+v; want level 19, 33 bytes stored, bases and size unchanged", c)
 		}
+		// A raw chunk that now compresses becomes zstd.
+		if err := ix.Recoded(ctx, chunks[4].ID, 20, 1, 19); err != nil {
+			t.Fatal(err)
+		}
+		if recs, err = ix.Chunks(ctx, []chunker.ID{chunks[4].ID}); err != nil || recs[0].Encoding != 1 || recs[0].StoredSize != 20 {
+			t.Fatalf("after Recoded raw → zstd: %+v, %v", recs, err)
+		}
 		if slices.Contains(below(19, 100, chunker.ID{}), chunks[5].ID) {
 			t.Error("a chunk recorded at level 19 is still listed below 19")
 		}
-		if err := ix.Recoded(ctx, chunker.Sum([]byte("no such chunk")), 1, 19); !errors.Is(err, index.ErrNotFound) {
+		if err := ix.Recoded(ctx, chunker.Sum([]byte("no such chunk")), 1, 1, 19); !errors.Is(err, index.ErrNotFound) {
 			t.Errorf("Recoded of a missing chunk: %v, want ErrNotFound", err)
 		}
 	})
