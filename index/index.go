@@ -126,6 +126,9 @@ type Index interface {
 	// below level, in ID order, starting after the ID after (the zero ID
 	// for the first page): what a recompression to level has left to do.
 	ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error)
+	// CountBelowLevel counts the chunks ChunksBelowLevel would list and
+	// their decoded bytes, for progress reports.
+	CountBelowLevel(ctx context.Context, level int) (chunks, bytes int64, err error)
 	// Recoded records that chunk id's blob was rewritten (same bytes, same
 	// bases) at level into storedSize bytes of encoding (which only changes
 	// from raw to zstd). ErrNotFound if there is no such chunk.

@@ -242,6 +242,12 @@ func (p *Postgres) ChunksBelowLevel(ctx context.Context, level int, after chunke
 	return out, rows.Err()
 }
 
+// CountBelowLevel implements Index.
+func (p *Postgres) CountBelowLevel(ctx context.Context, level int) (chunks, bytes int64, err error) {
+	err = p.pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(size), 0) FROM chunks WHERE level < $1`, int16(level)).Scan(&chunks, &bytes)
+	return chunks, bytes, err
+}
+
 // Recoded implements Index.
 func (p *Postgres) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error {
 	tag, err := p.pool.Exec(ctx, `UPDATE chunks SET stored_size = $1, encoding = $2, level = $3 WHERE id = $4`, int32(storedSize), int16(encoding), int16(level), id[:])

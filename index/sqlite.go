@@ -439,6 +439,12 @@ func (s *SQLite) ChunksBelowLevel(ctx context.Context, level int, after chunker.
 	return out, rows.Err()
 }
 
+// CountBelowLevel implements Index.
+func (s *SQLite) CountBelowLevel(ctx context.Context, level int) (chunks, bytes int64, err error) {
+	err = s.db.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(size), 0) FROM chunks WHERE level < ?`, level).Scan(&chunks, &bytes)
+	return chunks, bytes, err
+}
+
 // Recoded implements Index.
 func (s *SQLite) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE chunks SET stored_size = ?, encoding = ?, level = ? WHERE id = ?`, storedSize, encoding, level, id[:])

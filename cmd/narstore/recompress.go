@@ -45,13 +45,26 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 		if enc.Level() < *level {
 			fmt.Fprintf(env.stderr, "narstore: no zstd program on PATH; recompressing at the pure-Go encoder's level %d instead of %d (install zstd for more)\n", enc.Level(), *level)
 		}
+		todo, todoBytes, err := ix.CountBelowLevel(ctx, enc.Level())
+		if err != nil {
+			return err
+		}
+		if *limit > 0 && int64(*limit) < todo {
+			todo, todoBytes = int64(*limit), 0 // bytes unknown for a part
+		}
 		var p recompress.Progress
 		start := time.Now()
 		stopProgress := startStatusLine(env.stderr, *progress, func() {
 			el := time.Since(start).Seconds()
-			fmt.Fprintf(env.stderr, "\r\033[K%d chunks (%d rewritten, %d failed)  %s -> %s  %.1f MB/s of chunk data",
-				p.Chunks.Load(), p.Replaced.Load(), p.Failed.Load(), human(uint64(p.BytesBefore.Load())), human(uint64(p.BytesAfter.Load())),
-				float64(p.ChunkBytes.Load())/1e6/max(el, 0.001))
+			done := p.ChunkBytes.Load()
+			rate := float64(done) / max(el, 0.001)
+			eta := ""
+			if todoBytes > 0 && done > 0 {
+				eta = "  ETA " + (time.Duration(float64(todoBytes-done)/rate) * time.Second).Round(time.Second).String()
+			}
+			fmt.Fprintf(env.stderr, "\r\033[K%d/%d chunks (%d rewritten, %d failed)  %s -> %s  %.1f MB/s of chunk data%s",
+				p.Chunks.Load(), todo, p.Replaced.Load(), p.Failed.Load(), human(uint64(p.BytesBefore.Load())), human(uint64(p.BytesAfter.Load())),
+				rate/1e6, eta)
 		})
 		rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: *jobs, Limit: *limit, Log: env.log}, &p)
 		stopProgress()

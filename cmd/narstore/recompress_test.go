@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -55,9 +56,12 @@ func TestRecompressCommand(t *testing.T) {
 	if n := chunksBelow(t, data, 19); n != int(before.Chunks) {
 		t.Fatalf("%d of %d chunks recorded below level 19 after a level-1 ingest", n, before.Chunks)
 	}
-	out, errs, code := narstore(t, "recompress", "--data", data, "--level", "19")
+	out, errs, code := narstore(t, "recompress", "--data", data, "--level", "19", "--progress", "always")
 	if code != 0 {
 		t.Fatalf("recompress: exit %d: %s %s", code, out, errs)
+	}
+	if want := fmt.Sprintf("%d/%d chunks", before.Chunks, before.Chunks); !strings.Contains(errs, want) {
+		t.Errorf("progress line does not show %q:\n%s", want, errs)
 	}
 	if !strings.Contains(out, "with /") || !strings.Contains(out, "-19 in") || strings.Contains(out, " 0 rewritten") {
 		t.Errorf("recompress summary:\n%s", out)

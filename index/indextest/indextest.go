@@ -354,6 +354,9 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("ChunksBelowLevel(10) = %v, want %v", got, want)
 		}
+		if n, b, err := ix.CountBelowLevel(ctx, 10); err != nil || n != int64(len(want)) || b != int64(len(want))*100 {
+			t.Fatalf("CountBelowLevel(10) = %d chunks, %d bytes, %v; want %d, %d", n, b, err, len(want), len(want)*100)
+		}
 		if err := ix.Recoded(ctx, chunks[5].ID, 33, 3, 19); err != nil {
 			t.Fatal(err)
 		}
