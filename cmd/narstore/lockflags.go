@@ -29,7 +29,7 @@ type lockConfig struct {
 
 func lockFlags(fs *flag.FlagSet) *lockConfig {
 	c := &lockConfig{}
-	fs.StringVar(&c.backend, "lock-backend", "local", "one ingest per NAR across instances: local (this process only), redis, postgres (uses --database-url) or mysql")
+	fs.StringVar(&c.backend, "lock-backend", "local", "locks across instances (one ingest per NAR, one recompression at a time): local (this process, or a file lock in --data for recompress), redis, postgres (uses --database-url) or mysql")
 	fs.Var(&c.redisAddrs, "redis-addr", "Redis host:port for --lock-backend redis (repeatable: several independent servers lock by quorum)")
 	fs.StringVar(&c.redisUser, "redis-username", "", "Redis username")
 	fs.StringVar(&c.redisPass, "redis-password", "", "Redis password")

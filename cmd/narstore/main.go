@@ -103,7 +103,7 @@ func main() {
 func topUsage(w io.Writer) {
 	fmt.Fprintf(w, "narstore stores Nix binary cache NARs as deduplicated chunks and serves them to Nix.\n\nUsage:\n  narstore <command> [flags]\n\nCommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun 'narstore <command> --help' for its settings. Every flag can also be set as a\nNARSTORE_<FLAG> environment variable (e.g. NARSTORE_DATA) or in --config FILE.\n")
 }
