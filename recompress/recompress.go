@@ -191,7 +191,7 @@ pages:
 	case fatal != nil:
 		return rep, fatal
 	case ctx.Err() != nil:
-		return rep, fmt.Errorf("recompress interrupted: %w", ctx.Err())
+		return rep, fmt.Errorf("recompress interrupted: %w", context.Cause(ctx))
 	case walkErr != nil:
 		return rep, fmt.Errorf("recompress: list chunks: %w", walkErr)
 	}

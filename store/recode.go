@@ -24,7 +24,7 @@ const GoMaxLevel = 11
 // empty) as a raw-content dictionary: the encoding of plain and delta blob
 // payloads. Used for recompression, where it may be slow.
 type FrameEncoder interface {
-	EncodeFrame(data, dict []byte) ([]byte, error)
+	EncodeFrame(ctx context.Context, data, dict []byte) ([]byte, error)
 	// Level is the zstd level the frames are made at, as recorded with the
 	// chunk (GoMaxLevel at most for the pure-Go encoder).
 	Level() int
@@ -64,7 +64,7 @@ func newGoEncoder(level int) *goEncoder { return &goEncoder{level: min(level, Go
 func (g *goEncoder) Level() int   { return g.level }
 func (g *goEncoder) Name() string { return "go zstd level " + strconv.Itoa(g.level) }
 
-func (g *goEncoder) EncodeFrame(data, dict []byte) ([]byte, error) {
+func (g *goEncoder) EncodeFrame(_ context.Context, data, dict []byte) ([]byte, error) {
 	opts := []zstd.EOption{zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(g.level)), zstd.WithEncoderCRC(false),
 		zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true)}
 	if len(dict) > 0 {
@@ -89,7 +89,7 @@ type execEncoder struct {
 func (e *execEncoder) Level() int   { return e.level }
 func (e *execEncoder) Name() string { return e.path + " -" + strconv.Itoa(e.level) }
 
-func (e *execEncoder) EncodeFrame(data, dict []byte) (frame []byte, err error) {
+func (e *execEncoder) EncodeFrame(ctx context.Context, data, dict []byte) (frame []byte, err error) {
 	dir, err := os.MkdirTemp("", "narstore-recode-")
 	if err != nil {
 		return nil, err
@@ -113,7 +113,7 @@ func (e *execEncoder) EncodeFrame(data, dict []byte) (frame []byte, err error) {
 		args = append(args, "--patch-from="+d)
 	}
 	args = append(args, in)
-	cmd := exec.Command(e.path, args...)
+	cmd := exec.CommandContext(ctx, e.path, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -171,7 +171,7 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, ba
 			dict = append(dict, bd...)
 		}
 	}
-	frame, err := enc.EncodeFrame(data, dict)
+	frame, err := enc.EncodeFrame(ctx, data, dict)
 	if err != nil {
 		return out, fmt.Errorf("chunk %s: recompress: %w", id, err)
 	}

@@ -133,8 +133,8 @@ func equalIDs(a, b []chunker.ID) bool {
 // wrongFrames is an encoder whose frames decode to other bytes.
 type wrongFrames struct{ store.FrameEncoder }
 
-func (w wrongFrames) EncodeFrame(data, dict []byte) ([]byte, error) {
-	return w.FrameEncoder.EncodeFrame(data[:len(data)/2], dict)
+func (w wrongFrames) EncodeFrame(ctx context.Context, data, dict []byte) ([]byte, error) {
+	return w.FrameEncoder.EncodeFrame(ctx, data[:len(data)/2], dict)
 }
 
 type noReplace struct{ store.Store }
