@@ -85,6 +85,8 @@ type Options struct {
 	// search on).
 	DeltaBases      int
 	NoSimilarSearch bool
+	// MaxDeltaDepth is ingest's setting of that name; 0 means its default.
+	MaxDeltaDepth int
 }
 
 // Row is one configuration after one bump. Byte and count columns are
@@ -243,7 +245,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 			return nil, nil, err
 		}
 	}
-	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, SimilarSearch: c.Delta && !o.NoSimilarSearch, DeltaBases: o.DeltaBases, Normalize: c.Normalize})
+	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, SimilarSearch: c.Delta && !o.NoSimilarSearch, DeltaBases: o.DeltaBases, Normalize: c.Normalize, MaxDeltaDepth: o.MaxDeltaDepth})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/internal/nixtest"
@@ -205,5 +206,54 @@ func TestSimilarSearchAcrossPackages(t *testing.T) {
 				t.Error("not read back")
 			}
 		})
+	}
+}
+
+// Delta chains grow release by release up to the configured depth and no
+// further; every release reads back byte-exact with the reader's defaults,
+// which follow any depth a writer may choose.
+func TestMaxDeltaDepthSetting(t *testing.T) {
+	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	const releases = 6
+	var nars [][]byte
+	for v := range releases {
+		n := append([]byte(nil), base...)
+		for i := 1000 + v*97; i+8 < len(n); i += 4 << 10 {
+			copy(n[i:], fmt.Sprintf("release%d", v))
+		}
+		nars = append(nars, n)
+	}
+	for _, limit := range []int{2, 5} {
+		t.Run(fmt.Sprint("depth=", limit), func(t *testing.T) {
+			e := newEnv(t)
+			var nis []*narinfo.NarInfo
+			for v, n := range nars {
+				nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
+			}
+			in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.MaxDeltaDepth, o.Preset = true, limit, preset })
+			deepest := 0
+			for v, ni := range nis {
+				if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+					t.Fatal(err)
+				}
+				nar, _ := e.ix.NAR(t.Context(), ni.NarHash)
+				for _, c := range deltaChunks(t, e.ix, nar) {
+					deepest = max(deepest, int(c.Depth))
+					if int(c.Depth) > limit {
+						t.Fatalf("release %d: chunk at depth %d, limit %d", v+1, c.Depth, limit)
+					}
+				}
+				if got := e.readBack(t, ni); string(got) != string(nars[v]) {
+					t.Fatalf("release %d does not read back byte-exact", v+1)
+				}
+			}
+			if deepest != min(limit, releases-1) {
+				t.Errorf("deepest chain %d after %d releases with limit %d; want %d", deepest, releases, limit, min(limit, releases-1))
+			}
+		})
+	}
+	if _, err := ingest.New(nil, newEnv(t).ix, nil, ingest.Options{MaxDeltaDepth: store.MaxDeltaDepthLimit + 1}); err == nil {
+		t.Error("a depth over the limit was accepted")
 	}
 }

@@ -76,7 +76,10 @@ type Options struct {
 	// dictionary: the most similar one and its neighbours. 0 means 3; 1 is
 	// the best base alone.
 	DeltaBases int
-	// MaxDeltaDepth bounds delta chains; 0 means store.DefaultMaxDeltaDepth.
+	// MaxDeltaDepth bounds the delta chains this ingest builds, at most
+	// store.MaxDeltaDepthLimit; 0 means store.DefaultMaxDeltaDepth. Deeper
+	// chains store less (a package's fourth release after a plain one can
+	// still be a delta of the third) and cost reads more decoding.
 	// It must not exceed the depth readers accept.
 	MaxDeltaDepth int
 	// Locker, if set, makes "one ingest per NAR" hold across every instance
@@ -142,6 +145,9 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	}
 	if o.MaxDeltaDepth <= 0 {
 		o.MaxDeltaDepth = store.DefaultMaxDeltaDepth
+	}
+	if o.MaxDeltaDepth > store.MaxDeltaDepthLimit {
+		return nil, fmt.Errorf("delta depth %d: at most %d", o.MaxDeltaDepth, store.MaxDeltaDepthLimit)
 	}
 	if o.LockTTL <= 0 {
 		o.LockTTL = 30 * time.Second

@@ -243,7 +243,7 @@ func (c *Copier) copyBlobs(ctx context.Context, recs []index.Chunk) error {
 				cancel(fmt.Errorf("destination chunk %s: %w", r.ID, err))
 				return
 			}
-			if int(r.Depth) < store.DefaultMaxDeltaDepth {
+			if int(r.Depth) < store.MaxDeltaDepthLimit { // may serve as a base to some writer
 				r.Sims = ingest.SimilarityKeys(data)
 			}
 			c.Progress.Chunks.Add(1)

@@ -61,9 +61,16 @@ const blobVersion = 1
 // MaxChunkSize bounds what a blob may decode to; it is the largest preset max.
 const MaxChunkSize = 8 << 20
 
-// DefaultMaxDeltaDepth bounds delta chains: reading a chunk decodes at most
-// this many deltas on top of a plain chunk. Writers never exceed it.
+// DefaultMaxDeltaDepth is how deep writers let delta chains grow unless
+// configured (ingest --max-delta-depth): reading a chunk then decodes at most
+// this many deltas on top of a plain chunk.
 const DefaultMaxDeltaDepth = 3
+
+// MaxDeltaDepthLimit is the deepest chain any writer may build and every
+// reader follows, whatever the writers' setting was: a store written with a
+// deeper setting stays readable by a reader left at its defaults. Anything
+// deeper is corrupt (a cycle of blobs naming each other ends here).
+const MaxDeltaDepthLimit = 8
 
 // Chunks stores and loads chunks on a Store, encoding them on the way in and
 // decoding and BLAKE3-verifying them on the way out. Safe for concurrent use.
@@ -96,7 +103,7 @@ type ChunksOptions struct {
 	// Level is the zstd level (1–22, as in the zstd CLI); 0 means DefaultLevel. It changes
 	// stored bytes and ingest CPU, not decoding speed.
 	Level int
-	// MaxDeltaDepth bounds delta chains on read; 0 means DefaultMaxDeltaDepth.
+	// MaxDeltaDepth bounds delta chains on read; 0 means MaxDeltaDepthLimit.
 	MaxDeltaDepth int
 }
 
@@ -109,7 +116,7 @@ func NewChunks(s Store, o ChunksOptions) (*Chunks, error) {
 		return nil, fmt.Errorf("zstd level %d out of range 1–22", o.Level)
 	}
 	if o.MaxDeltaDepth == 0 {
-		o.MaxDeltaDepth = DefaultMaxDeltaDepth
+		o.MaxDeltaDepth = MaxDeltaDepthLimit
 	}
 	lvl := zstd.EncoderLevelFromZstd(o.Level)
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false),

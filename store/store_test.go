@@ -362,8 +362,8 @@ func TestChunksDeltaDepthBoundThroughBaseFunc(t *testing.T) {
 	if _, err := c.GetWith(ctx, a, load); !errors.Is(err, store.ErrCorrupt) {
 		t.Fatalf("cycle through a base loader: %v, want ErrCorrupt", err)
 	}
-	if calls > store.DefaultMaxDeltaDepth {
-		t.Errorf("base loader called %d times, chains are bounded at %d", calls, store.DefaultMaxDeltaDepth)
+	if calls > store.MaxDeltaDepthLimit {
+		t.Errorf("base loader called %d times, chains are bounded at %d", calls, store.MaxDeltaDepthLimit)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/narstore/narstore/bench"
 	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/store"
 	"github.com/narstore/narstore/internal/narinfo"
 )
 
@@ -32,6 +33,7 @@ func setupBench(fs *flag.FlagSet) runFunc {
 	parallel := fs.Int("parallel", 2, "configurations run at once")
 	deltaBases := fs.Int("delta-bases", 3, "for delta configurations: bases per delta chunk (as ingest --delta-bases)")
 	similar := fs.Bool("similar-search", true, "for delta configurations: store-wide similar-chunk search (as ingest --similar-search)")
+	depth := fs.Int("max-delta-depth", store.DefaultMaxDeltaDepth, "for delta configurations: longest delta chain (as ingest --max-delta-depth)")
 	fromJSON := fs.String("from-json", "", "re-render the table, CSV and charts from an earlier results.json instead of running")
 	tmp := fs.String("tmp", "", "where throwaway stores are made (default: the system temp dir)")
 	putPrice := fs.Float64("price-put", bench.DefaultPrices.PutPer1000, "USD per 1000 PUT requests (S3 Standard list price)")
@@ -50,7 +52,7 @@ func setupBench(fs *flag.FlagSet) runFunc {
 			bench.WriteTable(env.stdout, rows)
 			return bench.WriteFiles(*out, rows)
 		}
-		o := bench.Options{Parallel: *parallel, TempDir: *tmp, Progress: env.stderr, DeltaBases: *deltaBases, NoSimilarSearch: !*similar,
+		o := bench.Options{Parallel: *parallel, TempDir: *tmp, Progress: env.stderr, DeltaBases: *deltaBases, NoSimilarSearch: !*similar, MaxDeltaDepth: *depth,
 			Prices: bench.Prices{PutPer1000: *putPrice, GetPer1000: *getPrice, GBMonth: *gbPrice}}
 		switch {
 		case *bumps != "" && *bumpPaths != "":

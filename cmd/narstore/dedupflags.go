@@ -11,7 +11,7 @@ import (
 // dedupConfig holds the dedup settings ingest and serve share.
 type dedupConfig struct {
 	normalize, delta, similar bool
-	bases                     int
+	bases, depth              int
 }
 
 // dedupFlags registers --normalize, --delta, --similar-search and
@@ -22,6 +22,7 @@ func dedupFlags(fs *flag.FlagSet, delta bool, normalizeHelp, deltaHelp string) *
 	fs.BoolVar(&c.delta, "delta", delta, deltaHelp)
 	fs.BoolVar(&c.similar, "similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index), for chunks the package's previous version has nothing like")
 	fs.IntVar(&c.bases, "delta-bases", 3, "with --delta: how many similar chunks (the best one and its neighbours) one delta may use as its dictionary, 1 to 4; more stores less, and costs ingest and read CPU")
+	fs.IntVar(&c.depth, "max-delta-depth", store.DefaultMaxDeltaDepth, fmt.Sprintf("with --delta: longest delta chain new chunks may extend (a base of a base of …), 1 to %d; deeper stores less for packages with many releases and costs reads one more decode per step (readers follow any depth up to %d)", store.MaxDeltaDepthLimit, store.MaxDeltaDepthLimit))
 	return c
 }
 
@@ -30,11 +31,14 @@ func (c *dedupConfig) check() error {
 	if c.bases < 1 || c.bases > store.MaxDeltaBases {
 		return &exitError{code: 2, msg: fmt.Sprintf("--delta-bases %d: want 1 to %d", c.bases, store.MaxDeltaBases)}
 	}
+	if c.depth < 1 || c.depth > store.MaxDeltaDepthLimit {
+		return &exitError{code: 2, msg: fmt.Sprintf("--max-delta-depth %d: want 1 to %d", c.depth, store.MaxDeltaDepthLimit)}
+	}
 	return nil
 }
 
 // options returns o with the dedup settings set.
 func (c *dedupConfig) options(o ingest.Options) ingest.Options {
-	o.Normalize, o.Delta, o.SimilarSearch, o.DeltaBases = c.normalize, c.delta, c.similar, c.bases
+	o.Normalize, o.Delta, o.SimilarSearch, o.DeltaBases, o.MaxDeltaDepth = c.normalize, c.delta, c.similar, c.bases, c.depth
 	return o
 }
