@@ -14,8 +14,8 @@ import (
 
 	"github.com/narstore/narstore/bench"
 	"github.com/narstore/narstore/chunker"
-	"github.com/narstore/narstore/store"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/store"
 )
 
 func setupBench(fs *flag.FlagSet) runFunc {
