@@ -28,6 +28,10 @@ import (
 	"github.com/narstore/narstore/store"
 )
 
+// DefaultLevel is the level `narstore recompress` rewrites chunks at unless
+// told otherwise: zstd's strongest non-ultra level.
+const DefaultLevel = 19
+
 // MaintenanceLock is the lock name held while chunks are rewritten or
 // deleted: one recompression or GC at a time across all instances.
 const MaintenanceLock = "maintenance"

@@ -18,7 +18,7 @@ import (
 )
 
 func setupRecompress(fs *flag.FlagSet) runFunc {
-	level := fs.Int("level", 19, "zstd level (1-22) to rewrite chunks at; chunks recorded below it are tried, each keeps the smaller blob")
+	level := fs.Int("level", recompress.DefaultLevel, "zstd level (1-22) to rewrite chunks at; chunks recorded below it are tried, each keeps the smaller blob")
 	program := fs.String("zstd-program", "auto", "encoder: auto (the zstd program if installed, else pure Go, which stops at about level 11), exec or go")
 	jobs := fs.Int("jobs", runtime.GOMAXPROCS(0), "chunks recompressed at once")
 	limit := fs.Int("limit", 0, "stop after this many chunks (0: all); a later run continues")

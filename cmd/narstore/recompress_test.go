@@ -53,6 +53,9 @@ func TestRecompressCommand(t *testing.T) {
 	testenv.LookPath(t, "zstd", "apt install zstd")
 	data := recompressFixture(t)
 	before := stats(t, data)
+	if out, _, _ := narstore(t, "stats", "--data", data); !strings.Contains(out, fmt.Sprintf("Not yet recompressed:      %d chunks", before.Chunks)) {
+		t.Errorf("stats before recompress:\n%s", out)
+	}
 	if n := chunksBelow(t, data, 19); n != int(before.Chunks) {
 		t.Fatalf("%d of %d chunks recorded below level 19 after a level-1 ingest", n, before.Chunks)
 	}
@@ -84,6 +87,9 @@ func TestRecompressCommand(t *testing.T) {
 	}
 	if n := chunksBelow(t, data, 19); n != 0 {
 		t.Errorf("%d chunks still below level 19", n)
+	}
+	if out, _, _ := narstore(t, "stats", "--data", data); !strings.Contains(out, "Not yet recompressed:      0 chunks") {
+		t.Errorf("stats after recompress:\n%s", out)
 	}
 	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
 		t.Fatalf("verify after recompress: %s %s", out, errs)

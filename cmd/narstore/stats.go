@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/recompress"
 )
 
 func setupStats(fs *flag.FlagSet) runFunc {
@@ -22,17 +23,24 @@ func setupStats(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
+		// What `narstore recompress` (at its default level) has left to do.
+		below, belowBytes, err := ix.CountBelowLevel(ctx, recompress.DefaultLevel)
+		if err != nil {
+			return err
+		}
 		if *asJSON {
 			out := struct {
 				index.Stats
 				StoredPerUpstream float64 `json:"stored_per_upstream"`
 				StoredPerNAR      float64 `json:"stored_per_nar"`
-			}{st, ratio(st.StoredBytes, st.UpstreamSize), ratio(st.StoredBytes, st.NARBytes)}
+				NotRecompressed   int64   `json:"chunks_below_recompress_level"`
+			}{st, ratio(st.StoredBytes, st.UpstreamSize), ratio(st.StoredBytes, st.NARBytes), below}
 			enc := json.NewEncoder(env.stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(out)
 		}
 		writeStats(env.stdout, st)
+		fmt.Fprintf(env.stdout, "Not yet recompressed:      %d chunks (%s) below zstd level %d (narstore recompress)\n", below, human(uint64(belowBytes)), recompress.DefaultLevel)
 		return nil
 	}
 }
