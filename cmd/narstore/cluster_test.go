@@ -65,13 +65,7 @@ func newCluster(t *testing.T, n int, lockArgs ...string) *cluster {
 		args:   append([]string{"--database-url", dsn, "--storage", storage}, lockArgs...),
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}}
 	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		c.inst = append(c.inst, &instance{addr: addr, data: t.TempDir(), log: &bytes.Buffer{}})
+		c.inst = append(c.inst, &instance{addr: freeAddr(t), data: t.TempDir(), log: &bytes.Buffer{}})
 	}
 	t.Cleanup(func() {
 		for i, in := range c.inst {
@@ -96,9 +90,34 @@ func tail(s string, n int) string {
 	return s
 }
 
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
 // start runs instance i with the shared settings plus extra, and waits until
-// it is healthy.
+// it is healthy. The port picked for it may have been taken by another
+// process since (a busy CI machine): then it moves to another port, once or
+// twice.
 func (c *cluster) start(i int, extra ...string) {
+	c.t.Helper()
+	for attempt := 0; ; attempt++ {
+		if c.tryStart(i, extra...) || attempt == 2 {
+			return
+		}
+		c.inst[i].addr = freeAddr(c.t)
+		c.inst[i].log.Reset()
+	}
+}
+
+// tryStart is one attempt of start; false if the port was in use.
+func (c *cluster) tryStart(i int, extra ...string) bool {
 	c.t.Helper()
 	in := c.inst[i]
 	args := append([]string{"serve", "--listen", in.addr, "--data", in.data, "--log-level", "warn", "--lock-retry-max", "200ms"}, c.args...)
@@ -116,12 +135,19 @@ func (c *cluster) start(i int, extra ...string) {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return
+				return true
 			}
 		}
 		select {
 		case <-in.exited:
-			c.t.Fatalf("instance %d exited at start:\n%s", i, in.log.String())
+			in.stderr.mu.Lock()
+			log := in.log.String()
+			in.stderr.mu.Unlock()
+			if strings.Contains(log, "address already in use") {
+				in.cmd = nil
+				return false
+			}
+			c.t.Fatalf("instance %d exited at start:\n%s", i, log)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
