@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // stringList is a repeatable flag.
@@ -68,7 +69,7 @@ func resolve(fs *flag.FlagSet, configFile string) error {
 		}
 		fl := fs.Lookup(k)
 		if fl == nil {
-			if globalOnly[k] {
+			if knownSettings()[k] {
 				continue
 			}
 			return fmt.Errorf("%s:%d: unknown setting %q for this command (see --help)", configFile, line, k)
@@ -83,8 +84,10 @@ func resolve(fs *flag.FlagSet, configFile string) error {
 	return sc.Err()
 }
 
-// globalOnly lists settings a config file may hold that not every command has.
-var globalOnly = map[string]bool{}
+// knownSettings lists every command's settings: a config file shared by
+// several commands may hold settings the running one does not have. Built
+// once; commands may run concurrently in one process (tests).
+var knownSettings = sync.OnceValue(allFlagNames)
 
 // printConfig writes the effective settings, secrets redacted.
 func printConfig(w io.Writer, fs *flag.FlagSet) {

@@ -145,9 +145,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfgFile == "" {
 		cfgFile = os.Getenv(envName("config"))
 	}
-	for name := range allFlagNames() {
-		globalOnly[name] = true
-	}
 	if err := resolve(fs, cfgFile); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}

@@ -156,3 +156,52 @@ func TestRecompressUsageErrors(t *testing.T) {
 		t.Errorf("empty data dir: exit %d %s", code, errs)
 	}
 }
+
+// Recompression and an ingest that takes its delta bases from the chunks
+// being rewritten run at once: both finish, and every NAR verifies.
+func TestRecompressDuringIngest(t *testing.T) {
+	cache := nixtest.NewCache(t, "up-1")
+	v1 := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
+	v2 := append([]byte(nil), v1...)
+	for i := 500; i+8 < len(v2); i += 8 << 10 {
+		copy(v2[i:], "release2")
+	}
+	p1 := cache.Add(t, nixtest.Path{Name: "tool-1.0", NAR: v1, Compression: "zstd"})
+	p2 := cache.Add(t, nixtest.Path{Name: "tool-2.0", NAR: v2, Compression: "zstd"})
+	data := t.TempDir()
+	ingest := func(p string) (string, int) {
+		_, errs, code := narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(),
+			"--zstd-level", "1", "--preset", "fastcdc-16k-64k-256k", p)
+		return errs, code
+	}
+	if errs, code := ingest(p1.StorePath); code != 0 {
+		t.Fatal(errs)
+	}
+	done := make(chan string, 2)
+	go func() {
+		out, errs, code := narstore(t, "recompress", "--data", data, "--level", "7", "--zstd-program", "go", "--jobs", "2")
+		done <- fmt.Sprintf("recompress exit %d: %s %s", code, out, errs)
+	}()
+	go func() {
+		errs, code := ingest(p2.StorePath)
+		done <- fmt.Sprintf("ingest exit %d: %s", code, errs)
+	}()
+	for range 2 {
+		if r := <-done; !strings.Contains(r, "exit 0") {
+			t.Fatal(r)
+		}
+	}
+	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 || !strings.Contains(out, "Verified 2 NARs") {
+		t.Fatalf("verify: %s %s", out, errs)
+	}
+	// The second release's chunks, written meanwhile, are done by the next run.
+	if out, errs, code := narstore(t, "recompress", "--data", data, "--level", "7", "--zstd-program", "go"); code != 0 {
+		t.Fatalf("second recompress: %s %s", out, errs)
+	}
+	if n := chunksBelow(t, data, 7); n != 0 {
+		t.Errorf("%d chunks below level 7 after the second run", n)
+	}
+	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
+		t.Fatalf("verify: %s %s", out, errs)
+	}
+}
