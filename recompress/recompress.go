@@ -128,7 +128,7 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 						return
 					}
 					p.Failed.Add(1)
-					log.Warn("recompress failed", "chunk", c.ID, "err", err)
+					log.Warn("recompress failed", "chunk_id", c.ID, "err", err)
 					mu.Lock()
 					if len(errs) < 20 {
 						errs = append(errs, fmt.Sprintf("chunk %s: %v", c.ID, err))
