@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os/exec"
 	"testing"
 
 	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/internal/nixtest"
 	"github.com/narstore/narstore/internal/testenv"
 	"github.com/narstore/narstore/store"
 	"github.com/narstore/narstore/store/storetest"
@@ -208,5 +210,72 @@ func TestNewFrameEncoderRejects(t *testing.T) {
 	}
 	if e, err := store.NewFrameEncoder(19, "auto"); err != nil || e.Level() != store.GoMaxLevel {
 		t.Errorf("auto without a zstd program: %v, %v; want the Go encoder", e, err)
+	}
+}
+
+// BenchmarkRecode recompresses 256 KiB chunks of the real benchmark NAR,
+// stored at level 1, plain and as deltas (8 bytes changed every 16 KiB
+// against the original chunk); MB/s is of chunk bytes. Run with -cpu 1.
+func BenchmarkRecode(b *testing.B) {
+	nar := nixtest.BenchNAR()
+	const size, n = 256 << 10, 16
+	off := len(nar) / 3 // binaries and sources, past the NAR's first files
+	for _, encName := range []string{"go11", "zstd19"} {
+		var enc store.FrameEncoder
+		var err error
+		if encName == "go11" {
+			enc, err = store.NewFrameEncoder(11, "go")
+		} else {
+			if _, lerr := exec.LookPath("zstd"); lerr != nil {
+				b.Log("no zstd program: skipping zstd19")
+				continue
+			}
+			enc, err = store.NewFrameEncoder(19, "exec")
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, kind := range []string{"plain", "delta"} {
+			b.Run(encName+"/"+kind, func(b *testing.B) {
+				ctx := context.Background()
+				var before, after int64
+				for b.Loop() {
+					b.StopTimer()
+					d, _ := store.OpenDir(b.TempDir())
+					d.NoSync = true
+					c, _ := store.NewChunks(d, store.ChunksOptions{Level: 1})
+					var ids []chunker.ID
+					for i := range n {
+						data := nar[off+i*size : off+(i+1)*size]
+						id := chunker.Sum(data)
+						c.Put(ctx, id, data)
+						if kind == "delta" {
+							next := append([]byte(nil), data...)
+							for j := 100; j+8 < len(next); j += 16 << 10 {
+								copy(next[j:], "narstore")
+							}
+							blob, _, err := c.EncodeDelta(next, []store.Base{{ID: id, Data: data}})
+							if err != nil {
+								b.Fatal(err)
+							}
+							id = chunker.Sum(next)
+							d.Put(ctx, id, blob)
+						}
+						ids = append(ids, id)
+					}
+					b.StartTimer()
+					for _, id := range ids {
+						r, err := c.Recode(ctx, id, enc, nil)
+						if err != nil {
+							b.Fatal(err)
+						}
+						before += int64(r.OldSize)
+						after += int64(r.NewSize)
+					}
+				}
+				b.SetBytes(size * n)
+				b.ReportMetric(float64(after)/float64(before), "after/before")
+			})
+		}
 	}
 }
