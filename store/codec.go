@@ -350,7 +350,70 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 	if err != nil {
 		return nil, err
 	}
+	dict, pooled, err := c.baseDict(ctx, enc, bases, baseFn, depth)
+	if err != nil {
+		return nil, err
+	}
+	defer c.releaseDict(pooled, dict)
+	return c.decodePayload(id, enc, payload, dict)
+}
+
+// baseDict loads a delta's bases (through baseFn, or Get if nil, one chain
+// step deeper than depth) and returns them concatenated: the raw dictionary
+// of its frame. It is nil for a chunk of a plain encoding. Hand pooled (nil
+// unless several bases were concatenated) to releaseDict once the
+// dictionary is no longer used.
+func (c *Chunks) baseDict(ctx context.Context, enc Encoding, bases []chunker.ID, baseFn BaseFunc, depth int) (dict []byte, pooled *[]byte, err error) {
+	if !enc.IsDelta() {
+		return nil, nil, nil
+	}
+	if depth >= c.maxDepth {
+		return nil, nil, fmt.Errorf("delta chain deeper than %d: %w", c.maxDepth, ErrCorrupt)
+	}
+	baseData := make([][]byte, len(bases))
+	n := 0
+	for i, baseID := range bases {
+		var base []byte
+		if baseFn != nil {
+			base, err = baseFn(context.WithValue(ctx, chainDepthKey{}, depth+1), baseID)
+		} else {
+			base, err = c.get(ctx, baseID, nil, depth+1)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("delta base %s: %w", baseID, err)
+		}
+		baseData[i] = base
+		n += len(base)
+	}
+	if len(bases) == 1 {
+		return baseData[0], nil, nil
+	}
+	pooled, _ = c.dictBufs.Get().(*[]byte)
+	if pooled == nil || cap(*pooled) < n {
+		b := make([]byte, 0, n)
+		pooled = &b
+	}
+	dict = (*pooled)[:0]
+	for _, b := range baseData {
+		dict = append(dict, b...)
+	}
+	return dict, pooled, nil
+}
+
+// releaseDict hands baseDict's buffer back for reuse. Decoded data never
+// aliases the dictionary, and the decoder has let go of it by then.
+func (c *Chunks) releaseDict(pooled *[]byte, dict []byte) {
+	if pooled != nil {
+		*pooled = dict[:0]
+		c.dictBufs.Put(pooled)
+	}
+}
+
+// decodePayload decodes a blob payload of encoding enc (dict: its bases,
+// from baseDict) and checks that the bytes hash to id.
+func (c *Chunks) decodePayload(id chunker.ID, enc Encoding, payload, dict []byte) ([]byte, error) {
 	var data []byte
+	var err error
 	switch enc {
 	case EncRaw:
 		data = payload
@@ -360,42 +423,7 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 			return nil, fmt.Errorf("zstd: %v: %w", err, ErrCorrupt)
 		}
 	case EncZstdDelta, EncZstdMultiDelta:
-		if depth >= c.maxDepth {
-			return nil, fmt.Errorf("delta chain deeper than %d: %w", c.maxDepth, ErrCorrupt)
-		}
-		baseData := make([][]byte, len(bases))
-		n := 0
-		for i, baseID := range bases {
-			var base []byte
-			if baseFn != nil {
-				base, err = baseFn(context.WithValue(ctx, chainDepthKey{}, depth+1), baseID)
-			} else {
-				base, err = c.get(ctx, baseID, nil, depth+1)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("delta base %s: %w", baseID, err)
-			}
-			baseData[i] = base
-			n += len(base)
-		}
-		dict := baseData[0]
-		var pooled *[]byte
-		if len(bases) > 1 {
-			pooled, _ = c.dictBufs.Get().(*[]byte)
-			if pooled == nil || cap(*pooled) < n {
-				b := make([]byte, 0, n)
-				pooled = &b
-			}
-			dict = (*pooled)[:0]
-			for _, b := range baseData {
-				dict = append(dict, b...)
-			}
-		}
 		data, err = c.decodeDelta(payload, dict)
-		if pooled != nil { // the decoder has let go of dict, and data does not alias it
-			*pooled = dict[:0]
-			c.dictBufs.Put(pooled)
-		}
 		if err != nil {
 			return nil, fmt.Errorf("zstd delta: %v: %w", err, ErrCorrupt)
 		}

@@ -139,56 +139,46 @@ var ErrNoReplace = errors.New("store cannot replace blobs")
 
 // Recode re-encodes stored chunk id with enc, keeping its encoding kind and
 // bases (so nothing that depends on it changes), and replaces the blob when
-// the new one is smaller. The new blob is decoded with the read path's own
-// decoders and compared with the chunk's verified bytes before it replaces
-// the old one, so a recompression can never store bytes that do not read
-// back. Bases are loaded through base (Get if nil). A raw chunk that now
-// compresses becomes plain zstd.
+// the new one is smaller. The new payload is decoded by the read path's own
+// decoder (decodePayload) and checked against the chunk's ID before it
+// replaces the old one, so a recompression can never store bytes that do not
+// read back. Bases are loaded once, through base (Get if nil). A raw chunk
+// that now compresses becomes plain zstd.
 func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, base BaseFunc) (Recoded, error) {
 	r, ok := c.store.(Replacer)
 	if !ok {
 		return Recoded{}, ErrNoReplace
 	}
-	blob, data, err := c.Blob(ctx, id, base)
+	blob, err := c.readBlob(ctx, id)
 	if err != nil {
 		return Recoded{}, err
 	}
-	kind, bases, _, err := BlobHeader(blob)
+	kind, bases, payload, err := BlobHeader(blob)
 	if err != nil {
-		return Recoded{}, err
+		return Recoded{}, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	// The bases are loaded once: to read the chunk, as the new frame's
+	// dictionary, and to read that frame back.
+	dict, pooled, err := c.baseDict(ctx, kind, bases, base, chainDepth(ctx))
+	if err != nil {
+		return Recoded{}, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	defer c.releaseDict(pooled, dict)
+	data, err := c.decodePayload(id, kind, payload, dict)
+	if err != nil {
+		return Recoded{}, fmt.Errorf("chunk %s: %w", id, err)
 	}
 	out := Recoded{Encoding: kind, Bases: bases, OldSize: len(blob), NewSize: len(blob)}
-	var dict []byte
-	if kind.IsDelta() {
-		for _, b := range bases {
-			var bd []byte
-			if base != nil {
-				bd, err = base(context.WithValue(ctx, chainDepthKey{}, chainDepth(ctx)+1), b)
-			} else {
-				bd, err = c.get(ctx, b, nil, chainDepth(ctx)+1)
-			}
-			if err != nil {
-				return out, fmt.Errorf("chunk %s: delta base %s: %w", id, b, err)
-			}
-			dict = append(dict, bd...)
-		}
-	}
 	frame, err := enc.EncodeFrame(ctx, data, dict)
 	if err != nil {
 		return out, fmt.Errorf("chunk %s: recompress: %w", id, err)
 	}
 	// Same header as before (the raw case becomes zstd), new payload.
-	hdr := 2 // version and encoding bytes
-	switch kind {
-	case EncZstdDelta:
-		hdr += len(chunker.ID{})
-	case EncZstdMultiDelta:
-		hdr += 1 + len(bases)*len(chunker.ID{})
-	}
 	newKind := kind
 	if kind == EncRaw {
 		newKind = EncZstd
 	}
+	hdr := len(blob) - len(payload)
 	nb := make([]byte, 0, hdr+len(frame))
 	nb = append(nb, blob[:hdr]...)
 	nb[1] = byte(newKind)
@@ -196,14 +186,8 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, ba
 	if len(nb) >= len(blob) {
 		return out, nil
 	}
-	var got []byte
-	if kind.IsDelta() {
-		got, err = c.decodeDelta(frame, dict)
-	} else {
-		got, err = c.dec.DecodeAll(frame, make([]byte, 0, len(data)))
-	}
-	if err != nil || !bytes.Equal(got, data) {
-		return out, fmt.Errorf("chunk %s: recompressed frame does not decode to the chunk (%v); left as it was", id, err)
+	if _, err := c.decodePayload(id, newKind, frame, dict); err != nil {
+		return out, fmt.Errorf("chunk %s: recompressed frame does not read back (%v); left as it was", id, err)
 	}
 	if err := r.Replace(ctx, id, nb); err != nil {
 		return out, err
