@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,10 +16,7 @@ import (
 // bases, their bases...) and returns verified bytes.
 func TestBaseCacheChain(t *testing.T) {
 	ctx := context.Background()
-	d, err := store.OpenDir(filepath.Join(t.TempDir(), "chunks"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	v := [][]byte{storetest.RandomBytes(64<<10, 1)}
 	for i := 1; i < 4; i++ {
@@ -33,6 +29,7 @@ func TestBaseCacheChain(t *testing.T) {
 		ids[i] = chunker.Sum(v[i])
 		blob, _ := c.Encode(v[i])
 		if i > 0 {
+			var err error
 			blob, _, err = c.EncodeDelta(v[i], []store.Base{{ID: ids[i-1], Data: v[i-1]}})
 			if err != nil {
 				t.Fatal(err)
@@ -64,7 +61,7 @@ func TestBaseCacheChain(t *testing.T) {
 // as corrupt instead of recursing forever.
 func TestBaseCacheCycleFails(t *testing.T) {
 	ctx := context.Background()
-	d, _ := store.OpenDir(filepath.Join(t.TempDir(), "chunks"))
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	aID, _ := storetest.DeltaCycle(t, d, c)
 	done := make(chan error, 1)

@@ -17,6 +17,7 @@ import (
 	"github.com/narstore/narstore/reassembly"
 	"github.com/narstore/narstore/refnorm"
 	"github.com/narstore/narstore/store"
+	"github.com/narstore/narstore/store/storetest"
 )
 
 // versionTree lays out a package version: real Go sources (edited in v2),
@@ -149,12 +150,7 @@ func TestDeltaBaseMissingOrCorruptFailsClosed(t *testing.T) {
 			if damage == "missing" {
 				e.dir.Delete(t.Context(), base)
 			} else {
-				rc, _ := e.dir.Get(t.Context(), base)
-				b, _ := io.ReadAll(rc)
-				rc.Close()
-				b[len(b)-1] ^= 1
-				e.dir.Delete(t.Context(), base)
-				e.dir.Put(t.Context(), base, b)
+				storetest.Corrupt(t, e.dir, base)
 			}
 			r, err := reassembly.NewReader(t.Context(), reassembly.NewCache(e.chunks, 1<<20), nar2, 0, -1, reassembly.ReaderOptions{})
 			if err != nil {

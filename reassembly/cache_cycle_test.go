@@ -3,7 +3,6 @@ package reassembly_test
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,10 +17,7 @@ import (
 // is waiting for it.
 func TestCacheDeltaCycleFails(t *testing.T) {
 	ctx := context.Background()
-	d, err := store.OpenDir(filepath.Join(t.TempDir(), "chunks"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	aID, bID := storetest.DeltaCycle(t, d, c)
 	for _, maxBytes := range []int64{0, 64 << 20} {

@@ -25,6 +25,7 @@ import (
 	"github.com/narstore/narstore/internal/nixtest"
 	"github.com/narstore/narstore/reassembly"
 	"github.com/narstore/narstore/store"
+	"github.com/narstore/narstore/store/storetest"
 )
 
 // countingStore counts Get and Has calls per chunk.
@@ -354,15 +355,7 @@ func TestFailClosed(t *testing.T) {
 
 func corrupt(t *testing.T, f *fixture, id chunker.ID) {
 	t.Helper()
-	rc, err := f.dir.Get(t.Context(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(rc)
-	rc.Close()
-	b[len(b)-1] ^= 0xff
-	f.dir.Delete(t.Context(), id)
-	f.dir.Put(t.Context(), id, b)
+	storetest.Corrupt(t, f.dir, id)
 }
 
 // upstreamServer serves a cache dir over HTTP and counts NAR and narinfo fetches.

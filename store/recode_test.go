@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"os/exec"
 	"testing"
 
@@ -14,20 +13,6 @@ import (
 	"github.com/narstore/narstore/store"
 	"github.com/narstore/narstore/store/storetest"
 )
-
-func readBlob(t *testing.T, s store.Store, id chunker.ID) []byte {
-	t.Helper()
-	rc, err := s.Get(context.Background(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 // Recode rewrites plain, single-base and multi-base chunks at a stronger
 // level with the pure-Go encoder and with the zstd program (whose frames
@@ -60,7 +45,7 @@ func TestRecode(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			enc := newEnc(t)
-			d := newDir(t)
+			d := storetest.Dir(t)
 			c, _ := store.NewChunks(d, store.ChunksOptions{Level: 1})
 			a, b := textBytes(200<<10, 11), textBytes(200<<10, 12)
 			aID, bID := chunker.Sum(a), chunker.Sum(b)
@@ -89,7 +74,7 @@ func TestRecode(t *testing.T) {
 				{"delta", oneID, one, store.EncZstdDelta, []chunker.ID{aID}},
 				{"multi-delta", twoID, two, store.EncZstdMultiDelta, []chunker.ID{aID, bID}},
 			} {
-				before := readBlob(t, d, tc.id)
+				before := storetest.ReadBlob(t, d, tc.id)
 				r, err := c.Recode(ctx, tc.id, enc, nil)
 				if err != nil {
 					t.Fatalf("%s: %v", tc.name, err)
@@ -97,7 +82,7 @@ func TestRecode(t *testing.T) {
 				if !r.Replaced || r.NewSize >= r.OldSize || r.OldSize != len(before) {
 					t.Errorf("%s: %+v; want a smaller blob than the level-1 one (%d bytes)", tc.name, r, len(before))
 				}
-				after := readBlob(t, d, tc.id)
+				after := storetest.ReadBlob(t, d, tc.id)
 				if len(after) != r.NewSize {
 					t.Errorf("%s: stored blob is %d bytes, Recode says %d", tc.name, len(after), r.NewSize)
 				}
@@ -147,7 +132,7 @@ type noReplace struct{ store.Store }
 func TestRecodeFailsClosed(t *testing.T) {
 	ctx := context.Background()
 	enc, _ := store.NewFrameEncoder(11, "go")
-	d := newDir(t)
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{Level: 1})
 	base := textBytes(100<<10, 21)
 	next := append(append([]byte(nil), base[:50<<10]...), textBytes(50<<10, 22)...)
@@ -158,7 +143,7 @@ func TestRecodeFailsClosed(t *testing.T) {
 
 	unchanged := func(name string, id chunker.ID, want []byte) {
 		t.Helper()
-		if got := readBlob(t, d, id); !bytes.Equal(got, want) {
+		if got := storetest.ReadBlob(t, d, id); !bytes.Equal(got, want) {
 			t.Errorf("%s: blob changed", name)
 		}
 	}
@@ -166,7 +151,7 @@ func TestRecodeFailsClosed(t *testing.T) {
 		t.Error("frame decoding to other bytes: no error")
 	}
 	unchanged("wrong frame", nextID, blob)
-	plainBlob := readBlob(t, d, baseID)
+	plainBlob := storetest.ReadBlob(t, d, baseID)
 	if _, err := c.Recode(ctx, baseID, wrongFrames{enc}, nil); err == nil {
 		t.Error("plain frame decoding to other bytes: no error")
 	}

@@ -17,31 +17,22 @@ import (
 	"github.com/narstore/narstore/store/storetest"
 )
 
-func newDir(t *testing.T) *store.Dir {
-	t.Helper()
-	d, err := store.OpenDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
 func TestDirConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store { return newDir(t) })
+	storetest.Run(t, func(t *testing.T) store.Store { return storetest.Dir(t) })
 }
 
 // Without O_TMPFILE (some filesystems), Put writes a named temp file and
 // renames it; the contract holds all the same.
 func TestDirConformanceWithoutTmpfile(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store {
-		d := newDir(t)
+		d := storetest.Dir(t)
 		d.DisableTmpfile()
 		return d
 	})
 }
 
 func TestDirUsesTmpfileHere(t *testing.T) {
-	d := newDir(t)
+	d := storetest.Dir(t)
 	if err := d.Put(t.Context(), chunker.Sum([]byte("x")), []byte("blob")); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +82,7 @@ func textBytes(n int, seed uint64) []byte {
 
 func TestChunksRoundTripAndEncodingChoice(t *testing.T) {
 	ctx := context.Background()
-	c, err := store.NewChunks(newDir(t), store.ChunksOptions{})
+	c, err := store.NewChunks(storetest.Dir(t), store.ChunksOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +114,7 @@ func TestChunksRoundTripAndEncodingChoice(t *testing.T) {
 
 func TestChunksDelta(t *testing.T) {
 	ctx := context.Background()
-	d := newDir(t)
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	base := storetest.RandomBytes(200<<10, 3)
 	next := append([]byte(nil), base...)
@@ -163,7 +154,7 @@ func TestChunksDelta(t *testing.T) {
 		}
 	})
 	t.Run("ChainDeeperThanLimit", func(t *testing.T) {
-		d2 := newDir(t)
+		d2 := storetest.Dir(t)
 		c2, _ := store.NewChunks(d2, store.ChunksOptions{MaxDeltaDepth: 1})
 		c2.Put(ctx, baseID, base)
 		b1, _, _ := c2.EncodeDelta(next, []store.Base{{ID: baseID, Data: base}})
@@ -182,7 +173,7 @@ func TestChunksDelta(t *testing.T) {
 // decodes from both, in order; a missing or damaged second base fails it.
 func TestChunksMultiDelta(t *testing.T) {
 	ctx := context.Background()
-	d := newDir(t)
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	a, b := storetest.RandomBytes(100<<10, 7), storetest.RandomBytes(100<<10, 8)
 	aID, bID := chunker.Sum(a), chunker.Sum(b)
@@ -226,7 +217,7 @@ func TestChunksMultiDelta(t *testing.T) {
 
 func TestChunksDetectCorruption(t *testing.T) {
 	ctx := context.Background()
-	d := newDir(t)
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	data := textBytes(64<<10, 5)
 	id := chunker.Sum(data)
@@ -288,7 +279,7 @@ func BenchmarkDirPut(b *testing.B) {
 // time: many deltas against different bases, concurrently, all round-trip.
 func TestChunksDeltaCodersReused(t *testing.T) {
 	ctx := context.Background()
-	d := newDir(t)
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
@@ -348,7 +339,7 @@ func TestChunksDeltaCodersReused(t *testing.T) {
 // corrupt instead of recursing forever.
 func TestChunksDeltaDepthBoundThroughBaseFunc(t *testing.T) {
 	ctx := context.Background()
-	d := newDir(t)
+	d := storetest.Dir(t)
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	a, _ := storetest.DeltaCycle(t, d, c)
 	calls := 0

@@ -101,20 +101,33 @@ func TestIngestStatsVerify(t *testing.T) {
 		t.Fatalf("verify: %d %s %s", code, out, errs)
 	}
 	// Damage one chunk on disk: verify names the store path and fails.
-	var victim string
-	filepath.WalkDir(filepath.Join(data, "chunks", "chunks"), func(p string, d fs.DirEntry, err error) error {
-		if d != nil && !d.IsDir() && victim == "" {
-			victim = p
-		}
-		return nil
-	})
-	b, _ := os.ReadFile(victim)
-	b[len(b)/2] ^= 0xff
-	os.WriteFile(victim, b, 0o644)
+	damageFirstBlob(t, data)
 	out, errs, code = narstore(t, "verify", "--data", data)
 	if code != 1 || !strings.Contains(out, "DAMAGED /nix/store/") || !strings.Contains(out, "1 damaged") {
 		t.Fatalf("verify after damage: exit %d\n%s\n%s", code, out, errs)
 	}
+}
+
+// damageFirstBlob flips a byte in the middle of the first chunk blob (in
+// walk order) under data's chunk directory, and returns its path and its
+// damaged bytes.
+func damageFirstBlob(t *testing.T, data string) (path string, damaged []byte) {
+	t.Helper()
+	filepath.WalkDir(filepath.Join(data, "chunks", "chunks"), func(p string, d fs.DirEntry, err error) error {
+		if d != nil && !d.IsDir() && path == "" {
+			path = p
+		}
+		return nil
+	})
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, b
 }
 
 func TestUsageErrors(t *testing.T) {

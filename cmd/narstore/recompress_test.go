@@ -120,16 +120,7 @@ func TestRecompressCommand(t *testing.T) {
 // A damaged chunk is reported and left as it was; the others are done.
 func TestRecompressReportsDamagedChunks(t *testing.T) {
 	data := recompressFixture(t)
-	var victim string
-	filepath.WalkDir(filepath.Join(data, "chunks", "chunks"), func(p string, d fs.DirEntry, err error) error {
-		if d != nil && !d.IsDir() && victim == "" {
-			victim = p
-		}
-		return nil
-	})
-	b, _ := os.ReadFile(victim)
-	b[len(b)/2] ^= 0xff
-	os.WriteFile(victim, b, 0o644)
+	victim, b := damageFirstBlob(t, data)
 	out, errs, code := narstore(t, "recompress", "--data", data, "--level", "9", "--zstd-program", "go")
 	if code != 1 || !strings.Contains(out, "FAILED chunk "+filepath.Base(victim)) || !strings.Contains(errs, "1 chunks could not be recompressed") {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errs)

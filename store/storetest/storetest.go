@@ -189,6 +189,45 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	})
 }
 
+// Dir opens an empty directory store in a test's temp directory.
+func Dir(t testing.TB) *store.Dir {
+	t.Helper()
+	d, err := store.OpenDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// ReadBlob returns the blob stored under id, as stored.
+func ReadBlob(t testing.TB, s store.Store, id chunker.ID) []byte {
+	t.Helper()
+	rc, err := s.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Corrupt flips a bit in the last byte of the blob stored under id, so it
+// no longer decodes to its chunk.
+func Corrupt(t testing.TB, s store.Store, id chunker.ID) {
+	t.Helper()
+	b := ReadBlob(t, s, id)
+	b[len(b)-1] ^= 1
+	if err := s.Delete(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(context.Background(), id, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // RandomBytes returns n incompressible bytes determined by seed.
 func RandomBytes(n int, seed uint64) []byte {
 	r := rand.New(rand.NewPCG(seed, seed))
