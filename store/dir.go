@@ -156,10 +156,8 @@ func (d *Dir) Put(ctx context.Context, id chunker.ID, blob []byte) error {
 	if _, err := os.Stat(final); err == nil {
 		return nil
 	}
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	tmp := filepath.Join(d.root, "tmp", id.String()+"."+hex.EncodeToString(rnd[:]))
-	if err := d.writeTmp(tmp, blob); err != nil {
+	tmp := d.tmpPath(id)
+	if err := d.writeTmp(tmp, blob, false); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put chunk %s: %w", id, err)
 	}
@@ -215,7 +213,16 @@ func (d *Dir) Sync(ctx context.Context) error {
 	return nil
 }
 
-func (d *Dir) writeTmp(path string, blob []byte) error {
+// tmpPath is a fresh name under ROOT/tmp for a blob of id being written.
+func (d *Dir) tmpPath(id chunker.ID) string {
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	return filepath.Join(d.root, "tmp", id.String()+"."+hex.EncodeToString(rnd[:]))
+}
+
+// writeTmp writes blob to a new file at path. With durable (and !NoSync)
+// the file is synced before it is closed; otherwise writeback only starts.
+func (d *Dir) writeTmp(path string, blob []byte, durable bool) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
@@ -224,7 +231,14 @@ func (d *Dir) writeTmp(path string, blob []byte) error {
 		f.Close()
 		return err
 	}
-	d.startWriteback(int(f.Fd()))
+	if durable && !d.NoSync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+	} else {
+		d.startWriteback(int(f.Fd()))
+	}
 	return f.Close()
 }
 
@@ -250,25 +264,8 @@ func (d *Dir) Replace(ctx context.Context, id chunker.ID, blob []byte) error {
 	} else if err != nil {
 		return fmt.Errorf("replace chunk %s: %w", id, err)
 	}
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	tmp := filepath.Join(d.root, "tmp", id.String()+"."+hex.EncodeToString(rnd[:]))
-	err := func() error {
-		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if _, err := f.Write(blob); err != nil {
-			return err
-		}
-		if !d.NoSync {
-			if err := f.Sync(); err != nil {
-				return err
-			}
-		}
-		return f.Close()
-	}()
+	tmp := d.tmpPath(id)
+	err := d.writeTmp(tmp, blob, true)
 	if err == nil {
 		err = os.Rename(tmp, final)
 	}
