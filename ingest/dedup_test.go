@@ -229,9 +229,19 @@ func TestMaxDeltaDepthSetting(t *testing.T) {
 			}
 			in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.MaxDeltaDepth, o.Preset = true, limit, preset })
 			deepest := 0
+			var firstStored int64
 			for v, ni := range nis {
+				before := in.Progress.NewStoredBytes.Load()
 				if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
 					t.Fatal(err)
+				}
+				// Releases past the limit still delta, against the newest
+				// chunks below it, instead of going back to plain chunks.
+				stored := in.Progress.NewStoredBytes.Load() - before
+				if v == 0 {
+					firstStored = stored
+				} else if stored*4 > firstStored {
+					t.Errorf("release %d stored %d bytes, release 1 %d: not delta-encoded", v+1, stored, firstStored)
 				}
 				nar, _ := e.ix.NAR(t.Context(), ni.NarHash)
 				for _, c := range deltaChunks(t, e.ix, nar) {

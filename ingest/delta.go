@@ -170,6 +170,7 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	if err != nil {
 		return nil
 	}
+	ids, recs = in.belowCap(ctx, ids, recs)
 	di := &deltaIndex{cache: newBaseCache(in.chunks, baseCacheBytes)}
 	feats := map[uint64]struct{}{}
 	usable := 0
@@ -202,6 +203,49 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	})
 	di.inv = slices.Clip(di.inv)
 	return di
+}
+
+// belowCap replaces each predecessor chunk whose depth allows no further
+// delta step with its best base (the last in its dictionary), or that
+// base's, until one does: the same content one release older, or more,
+// and the newest a new chunk may still delta against. Without it, every
+// release after MaxDeltaDepth releases of deltas found no base among its
+// predecessor's chunks and went back to plain chunks (on the large corpus,
+// the sixth bump stored 48.7 MB at depth 3 against 21 at depth 4).
+// Positions are kept, so neighbours stay neighbours; a base that is already
+// listed appears once.
+func (in *Ingester) belowCap(ctx context.Context, ids []chunker.ID, recs []index.Chunk) ([]chunker.ID, []index.Chunk) {
+	for range store.MaxDeltaDepthLimit {
+		var want []chunker.ID
+		for i := range recs {
+			if r := recs[i]; !r.ID.IsZero() && int(r.Depth) >= in.opts.MaxDeltaDepth && len(r.Bases) > 0 {
+				want = append(want, r.Bases[len(r.Bases)-1])
+			}
+		}
+		if len(want) == 0 {
+			break
+		}
+		baseRecs, err := in.ix.Chunks(ctx, want)
+		if err != nil {
+			break
+		}
+		k := 0
+		for i := range recs {
+			if r := recs[i]; !r.ID.IsZero() && int(r.Depth) >= in.opts.MaxDeltaDepth && len(r.Bases) > 0 {
+				ids[i], recs[i] = want[k], baseRecs[k]
+				k++
+			}
+		}
+	}
+	seen := map[chunker.ID]bool{}
+	outIDs, outRecs := ids[:0], recs[:0]
+	for i, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			outIDs, outRecs = append(outIDs, id), append(outRecs, recs[i])
+		}
+	}
+	return outIDs, outRecs
 }
 
 // match is a chunk's similarity to the predecessor: the votes (shared
