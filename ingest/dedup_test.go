@@ -206,8 +206,11 @@ func TestSimilarSearchAcrossPackages(t *testing.T) {
 }
 
 // Delta chains grow release by release up to the configured depth and no
-// further; every release reads back byte-exact with the reader's defaults,
-// which follow any depth a writer may choose.
+// further; releases past it still delta, against the newest chunks below
+// the cap (found through the predecessor, or by store-wide similar search
+// when each release is a different package); every release reads
+// back byte-exact with the reader's defaults, which follow any depth a
+// writer may choose.
 func TestMaxDeltaDepthSetting(t *testing.T) {
 	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
 	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
@@ -220,14 +223,23 @@ func TestMaxDeltaDepthSetting(t *testing.T) {
 		}
 		nars = append(nars, n)
 	}
-	for _, limit := range []int{2, 5} {
-		t.Run(fmt.Sprint("depth=", limit), func(t *testing.T) {
+	for _, tc := range []struct {
+		limit   int
+		similar bool // each release a different package: only similar search finds bases
+	}{{2, false}, {5, false}, {1, true}} {
+		t.Run(fmt.Sprintf("depth=%d,similar=%v", tc.limit, tc.similar), func(t *testing.T) {
 			e := newEnv(t)
 			var nis []*narinfo.NarInfo
 			for v, n := range nars {
-				nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
+				name := "tool"
+				if tc.similar {
+					name += string(rune('a' + v))
+				}
+				nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("%s-%d.0", name, v+1), NAR: n, Compression: "zstd"}))
 			}
-			in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.MaxDeltaDepth, o.Preset = true, limit, preset })
+			in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) {
+				o.Delta, o.SimilarSearch, o.MaxDeltaDepth, o.Preset = true, tc.similar, tc.limit, preset
+			})
 			deepest := 0
 			var firstStored int64
 			for v, ni := range nis {
@@ -235,8 +247,6 @@ func TestMaxDeltaDepthSetting(t *testing.T) {
 				if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
 					t.Fatal(err)
 				}
-				// Releases past the limit still delta, against the newest
-				// chunks below it, instead of going back to plain chunks.
 				stored := in.Progress.NewStoredBytes.Load() - before
 				if v == 0 {
 					firstStored = stored
@@ -246,16 +256,16 @@ func TestMaxDeltaDepthSetting(t *testing.T) {
 				nar, _ := e.ix.NAR(t.Context(), ni.NarHash)
 				for _, c := range deltaChunks(t, e.ix, nar) {
 					deepest = max(deepest, int(c.Depth))
-					if int(c.Depth) > limit {
-						t.Fatalf("release %d: chunk at depth %d, limit %d", v+1, c.Depth, limit)
+					if int(c.Depth) > tc.limit {
+						t.Fatalf("release %d: chunk at depth %d, limit %d", v+1, c.Depth, tc.limit)
 					}
 				}
 				if got := e.readBack(t, ni); string(got) != string(nars[v]) {
 					t.Fatalf("release %d does not read back byte-exact", v+1)
 				}
 			}
-			if deepest != min(limit, releases-1) {
-				t.Errorf("deepest chain %d after %d releases with limit %d; want %d", deepest, releases, limit, min(limit, releases-1))
+			if deepest != min(tc.limit, releases-1) {
+				t.Errorf("deepest chain %d after %d releases with limit %d; want %d", deepest, releases, tc.limit, min(tc.limit, releases-1))
 			}
 		})
 	}

@@ -371,7 +371,7 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 			}
 		}
 	}
-	if in.opts.SimilarSearch {
+	if in.opts.SimilarSearch && di != nil {
 		if base, depth, ok := in.similarBase(ctx, di, keys); ok {
 			blob, w, depth, err := in.pickDelta(data, []store.Base{base}, depth)
 			return blob, w, depth, keys, err
@@ -401,7 +401,8 @@ func (in *Ingester) pickDelta(data []byte, bases []store.Base, depth uint8) ([]b
 
 // similarBase looks for a base anywhere in the store (not only in the
 // package's previous NAR) by similarity keys: the stored chunk sharing most
-// keys whose depth allows one more step.
+// keys whose depth allows one more step. (Chunks at the cap get no keys, so
+// an older release's chunk is found in their place.)
 func (in *Ingester) similarBase(ctx context.Context, di *deltaIndex, keys []uint64) (store.Base, uint8, bool) {
 	if keys == nil {
 		return store.Base{}, 0, false
@@ -418,11 +419,7 @@ func (in *Ingester) similarBase(ctx context.Context, di *deltaIndex, keys []uint
 		if r.ID.IsZero() || int(r.Depth) >= in.opts.MaxDeltaDepth {
 			continue
 		}
-		get := in.chunks.Get
-		if di != nil { // its cache holds bases of bases the search may share
-			get = di.cache.get
-		}
-		bd, err := get(ctx, r.ID)
+		bd, err := di.cache.get(ctx, r.ID)
 		if err != nil {
 			continue
 		}

@@ -458,6 +458,11 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 			di = in.newDeltaIndex(ctx, pred)
 		}
 	}
+	if in.opts.Delta && di == nil {
+		// No predecessor to delta against: the store-wide similar-chunk
+		// search still loads bases (and their bases) through a cache.
+		di = &deltaIndex{cache: newBaseCache(in.chunks, baseCacheBytes)}
+	}
 	var (
 		mu        sync.Mutex
 		newChunks []index.Chunk
