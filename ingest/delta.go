@@ -159,9 +159,14 @@ func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
 }
 
 // newDeltaIndex loads the predecessor's chunks whose delta depth allows one
-// more step and indexes their features. It returns nil when there is nothing
-// to delta against.
+// more step and indexes their features. With no predecessor (pred nil), or
+// none of its chunks usable, it indexes nothing; its cache still serves the
+// store-wide similar search, which loads bases (and their bases) too.
 func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIndex {
+	di := &deltaIndex{cache: newBaseCache(in.chunks, baseCacheBytes)}
+	if pred == nil {
+		return di
+	}
 	seen := map[chunker.ID]bool{}
 	var ids []chunker.ID
 	for _, c := range pred.Chunks {
@@ -172,13 +177,11 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	}
 	recs, err := in.ix.Chunks(ctx, ids)
 	if err != nil {
-		return nil
+		return di
 	}
 	ids, recs = in.belowCap(ctx, ids, recs)
 	ratios := in.rootRatios(ctx, recs)
-	di := &deltaIndex{cache: newBaseCache(in.chunks, baseCacheBytes)}
 	feats := map[uint64]struct{}{}
-	usable := 0
 	for i, id := range ids {
 		idx := int32(len(di.bases))
 		di.bases = append(di.bases, baseCandidate{id: id, depth: recs[i].Depth, plainRatio: ratios[i]})
@@ -190,15 +193,11 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 			continue
 		}
 		di.bases[idx].usable = true
-		usable++
 		clear(feats)
 		features(data, feats)
 		for f := range feats {
 			di.inv = append(di.inv, featBase{f, idx})
 		}
-	}
-	if usable == 0 {
-		return nil
 	}
 	slices.SortFunc(di.inv, func(a, b featBase) int {
 		if c := cmp.Compare(a.f, b.f); c != 0 {
@@ -210,66 +209,21 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	return di
 }
 
-// belowCap replaces each predecessor chunk whose depth allows no further
-// delta step with its best base (the last in its dictionary), or that
-// base's, until one does: the same content one release older, or more,
-// and the newest a new chunk may still delta against. Without it, every
-// release after MaxDeltaDepth releases of deltas found no base among its
-// predecessor's chunks and went back to plain chunks (on the large corpus at
-// level 3, the sixth bump stored 48.7 MB at depth 3, 33.2 with this, 24.2 at
-// depth 4, where it is not yet past the cap).
-// Positions are kept, so neighbours stay neighbours; a base that is already
-// listed appears once.
-func (in *Ingester) belowCap(ctx context.Context, ids []chunker.ID, recs []index.Chunk) ([]chunker.ID, []index.Chunk) {
-	for range store.MaxDeltaDepthLimit {
-		var want []chunker.ID
-		for i := range recs {
-			if r := recs[i]; !r.ID.IsZero() && int(r.Depth) >= in.opts.MaxDeltaDepth && len(r.Bases) > 0 {
-				want = append(want, r.Bases[len(r.Bases)-1])
-			}
-		}
-		if len(want) == 0 {
-			break
-		}
-		baseRecs, err := in.ix.Chunks(ctx, want)
-		if err != nil {
-			break
-		}
-		k := 0
-		for i := range recs {
-			if r := recs[i]; !r.ID.IsZero() && int(r.Depth) >= in.opts.MaxDeltaDepth && len(r.Bases) > 0 {
-				ids[i], recs[i] = want[k], baseRecs[k]
-				k++
-			}
-		}
-	}
-	seen := map[chunker.ID]bool{}
-	outIDs, outRecs := ids[:0], recs[:0]
-	for i, id := range ids {
-		if !seen[id] {
-			seen[id] = true
-			outIDs, outRecs = append(outIDs, id), append(outRecs, recs[i])
-		}
-	}
-	return outIDs, outRecs
-}
-
-// rootRatios returns, for each chunk record, its chain's plain chunk's
-// stored size / size (following best bases down to depth 0): what a chunk
-// of that content costs plain, measured when it was stored (a recompressed
-// root gives a lower figure, which only makes pickDelta more careful). 0
-// where unknown.
-func (in *Ingester) rootRatios(ctx context.Context, recs []index.Chunk) []float64 {
-	out := make([]float64, len(recs))
+// followBest returns, for each chunk record, the first record along its
+// chain of best bases (the last in each dictionary), starting with itself,
+// for which stop holds; a zero record where the chain ends first or a
+// record is missing. Each step down is one batch of index lookups.
+func (in *Ingester) followBest(ctx context.Context, recs []index.Chunk, stop func(index.Chunk) bool) []index.Chunk {
+	out := make([]index.Chunk, len(recs))
 	cur := slices.Clone(recs)
 	for range store.MaxDeltaDepthLimit + 1 {
 		var want []chunker.ID
 		var at []int
 		for i, r := range cur {
 			switch {
-			case r.ID.IsZero() || out[i] != 0:
-			case r.Depth == 0 && r.Size > 0:
-				out[i] = float64(r.StoredSize) / float64(r.Size)
+			case r.ID.IsZero():
+			case stop(r):
+				out[i] = r
 			case len(r.Bases) > 0:
 				want, at = append(want, r.Bases[len(r.Bases)-1]), append(at, i)
 			}
@@ -284,6 +238,47 @@ func (in *Ingester) rootRatios(ctx context.Context, recs []index.Chunk) []float6
 		clear(cur) // only the chunks followed down go on
 		for k, i := range at {
 			cur[i] = next[k]
+		}
+	}
+	return out
+}
+
+// belowCap replaces each predecessor chunk whose depth allows no further
+// delta step with the first chunk down its chain of best bases that does:
+// the same content one release older, or more, and the newest a new chunk
+// may still delta against. Without it, every release after MaxDeltaDepth
+// releases of deltas found no base among its predecessor's chunks and went
+// back to plain chunks (on the large corpus at level 3, the sixth bump
+// stored 48.7 MB at depth 3, 33.2 with this, 24.2 at depth 4, where it is
+// not yet past the cap). Positions are kept, so neighbours stay neighbours;
+// a base that is already listed appears once.
+func (in *Ingester) belowCap(ctx context.Context, ids []chunker.ID, recs []index.Chunk) ([]chunker.ID, []index.Chunk) {
+	below := in.followBest(ctx, recs, func(r index.Chunk) bool { return int(r.Depth) < in.opts.MaxDeltaDepth })
+	seen := map[chunker.ID]bool{}
+	outIDs, outRecs := ids[:0], recs[:0]
+	for i, id := range ids {
+		r := recs[i]
+		if !r.ID.IsZero() && int(r.Depth) >= in.opts.MaxDeltaDepth && !below[i].ID.IsZero() {
+			id, r = below[i].ID, below[i]
+		}
+		if !seen[id] {
+			seen[id] = true
+			outIDs, outRecs = append(outIDs, id), append(outRecs, r)
+		}
+	}
+	return outIDs, outRecs
+}
+
+// rootRatios returns, for each chunk record, its chain's plain chunk's
+// stored size / size (following best bases down to depth 0): what a chunk
+// of that content costs plain, measured when it was stored (a recompressed
+// root gives a lower figure, which only makes pickDelta more careful). 0
+// where unknown.
+func (in *Ingester) rootRatios(ctx context.Context, recs []index.Chunk) []float64 {
+	out := make([]float64, len(recs))
+	for i, root := range in.followBest(ctx, recs, func(r index.Chunk) bool { return r.Depth == 0 }) {
+		if root.Size > 0 {
+			out[i] = float64(root.StoredSize) / float64(root.Size)
 		}
 	}
 	return out
@@ -384,7 +379,8 @@ func (di *deltaIndex) candidates(m match, n int) []int {
 // which on real data does not compress that well.
 // encodeChunk returns the blob to store for data, its description and delta
 // depth, and its similarity keys (nil unless delta search is on). The
-// chunk's features are sampled once, for all three uses.
+// chunk's features are sampled once, for all three uses. di is nil only
+// when delta encoding is off.
 func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte) ([]byte, store.Written, uint8, []uint64, error) {
 	if !in.opts.Delta {
 		blob, w := in.chunks.Encode(data)
@@ -393,28 +389,26 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 	feats := map[uint64]struct{}{}
 	features(data, feats)
 	keys := simKeys(feats)
-	if di != nil {
-		if m, ok := di.best(feats); ok {
-			var bases []store.Base
-			var depth uint8
-			var ratio float64
-			for _, i := range di.candidates(m, in.opts.DeltaBases) {
-				b := di.bases[i]
-				bd, err := di.cache.get(ctx, b.id)
-				if err != nil { // a base that went away: do without it
-					continue
-				}
-				bases = append(bases, store.Base{ID: b.id, Data: bd})
-				depth = max(depth, b.depth+1)
-				ratio = b.plainRatio // the best base's, last
+	if m, ok := di.best(feats); ok {
+		var bases []store.Base
+		var depth uint8
+		var ratio float64
+		for _, i := range di.candidates(m, in.opts.DeltaBases) {
+			b := di.bases[i]
+			bd, err := di.cache.get(ctx, b.id)
+			if err != nil { // a base that went away: do without it
+				continue
 			}
-			if len(bases) > 0 {
-				blob, w, depth, err := in.pickDelta(data, bases, depth, ratio)
-				return blob, w, depth, keys, err
-			}
+			bases = append(bases, store.Base{ID: b.id, Data: bd})
+			depth = max(depth, b.depth+1)
+			ratio = b.plainRatio // the best base's, last
+		}
+		if len(bases) > 0 {
+			blob, w, depth, err := in.pickDelta(data, bases, depth, ratio)
+			return blob, w, depth, keys, err
 		}
 	}
-	if in.opts.SimilarSearch && di != nil {
+	if in.opts.SimilarSearch {
 		if base, depth, ok := in.similarBase(ctx, di, keys); ok {
 			blob, w, depth, err := in.pickDelta(data, []store.Base{base}, depth, 0)
 			return blob, w, depth, keys, err

@@ -453,15 +453,14 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 
 	nar := &index.NAR{Preset: in.opts.Preset.Name, UpstreamCompression: compression, PName: req.pname}
 	var di *deltaIndex
-	if in.opts.Delta && req.pname != "" {
-		if pred, err := in.ix.Predecessor(ctx, req.pname); err == nil && (wantHash == nil || pred.Hash != *wantHash) {
-			di = in.newDeltaIndex(ctx, pred)
+	if in.opts.Delta {
+		var pred *index.NAR
+		if req.pname != "" {
+			if p, err := in.ix.Predecessor(ctx, req.pname); err == nil && (wantHash == nil || p.Hash != *wantHash) {
+				pred = p
+			}
 		}
-	}
-	if in.opts.Delta && di == nil {
-		// No predecessor to delta against: the store-wide similar-chunk
-		// search still loads bases (and their bases) through a cache.
-		di = &deltaIndex{cache: newBaseCache(in.chunks, baseCacheBytes)}
+		di = in.newDeltaIndex(ctx, pred)
 	}
 	var (
 		mu        sync.Mutex
