@@ -299,15 +299,8 @@ func (in *Ingester) IngestFromUpstream(ctx context.Context, ni *narinfo.NarInfo,
 		return nil, fmt.Errorf("NAR for %s: take the ingest lock: %w", ni.StorePath, err)
 	}
 	defer lease.Unlock(context.WithoutCancel(ctx))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		select {
-		case <-lease.Lost():
-			cancel(fmt.Errorf("ingest lock lost: %w", lock.ErrNotHeld))
-		case <-ctx.Done():
-		}
-	}()
+	ctx, stop := lock.Guard(ctx, lease, "ingest lock")
+	defer stop()
 	// Another instance may have ingested it while we waited for the lock.
 	if res, err := in.recordIfStored(ctx, ni); err != nil {
 		return nil, err

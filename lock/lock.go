@@ -11,6 +11,7 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"time"
 )
@@ -41,6 +42,22 @@ type Lease interface {
 	// Unlock releases the lock. It returns ErrNotHeld (and releases nothing)
 	// when the lease had already expired. Unlock is idempotent.
 	Unlock(ctx context.Context) error
+}
+
+// Guard returns a context that ends, with a cause naming what and wrapping
+// ErrNotHeld, when the lease is lost: work run under it stops as soon as the
+// lock may belong to someone else. Call stop when the work is done (before
+// or after Unlock); it releases the watcher.
+func Guard(ctx context.Context, l Lease, what string) (guarded context.Context, stop func()) {
+	gctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-l.Lost():
+			cancel(fmt.Errorf("%s lost: %w", what, ErrNotHeld))
+		case <-gctx.Done():
+		}
+	}()
+	return gctx, func() { cancel(nil) }
 }
 
 // Retry configures Lock. Errors reaching the lock server are retried

@@ -127,16 +127,9 @@ func (e *cmdEnv) maintenanceLock(ctx context.Context, locks *lockConfig) (contex
 		closeLocker()
 		return nil, nil, &exitError{code: 1, msg: busy}
 	}
-	lctx, cancel := context.WithCancelCause(ctx)
-	go func() {
-		select {
-		case <-lease.Lost():
-			cancel(fmt.Errorf("maintenance lock lost: %w", lock.ErrNotHeld))
-		case <-lctx.Done():
-		}
-	}()
+	lctx, stop := lock.Guard(ctx, lease, "maintenance lock")
 	return lctx, func() {
-		cancel(nil)
+		stop()
 		if err := lease.Unlock(context.Background()); err != nil && !errors.Is(err, lock.ErrNotHeld) {
 			e.log.Warn("release maintenance lock", "err", err)
 		}
