@@ -182,3 +182,23 @@ func rankSimilar(hits map[chunker.ID]int, limit int) []chunker.ID {
 	}
 	return out
 }
+
+// idRows is what database/sql's and pgx's result rows have in common.
+type idRows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// collectIDs reads rows of one column of chunk IDs.
+func collectIDs(rows idRows) ([]chunker.ID, error) {
+	var out []chunker.ID
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		out = append(out, chunker.ID(b))
+	}
+	return out, rows.Err()
+}

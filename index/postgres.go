@@ -231,15 +231,7 @@ func (p *Postgres) ChunksBelowLevel(ctx context.Context, level int, after chunke
 		return nil, err
 	}
 	defer rows.Close()
-	var out []chunker.ID
-	for rows.Next() {
-		var b []byte
-		if err := rows.Scan(&b); err != nil {
-			return nil, err
-		}
-		out = append(out, chunker.ID(b))
-	}
-	return out, rows.Err()
+	return collectIDs(rows)
 }
 
 // CountBelowLevel implements Index.

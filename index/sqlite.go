@@ -428,15 +428,7 @@ func (s *SQLite) ChunksBelowLevel(ctx context.Context, level int, after chunker.
 		return nil, err
 	}
 	defer rows.Close()
-	var out []chunker.ID
-	for rows.Next() {
-		var b []byte
-		if err := rows.Scan(&b); err != nil {
-			return nil, err
-		}
-		out = append(out, chunker.ID(b))
-	}
-	return out, rows.Err()
+	return collectIDs(rows)
 }
 
 // CountBelowLevel implements Index.
