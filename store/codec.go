@@ -220,9 +220,17 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 func (c *Chunks) deltaEncoder(dict []byte, window int) (*zstd.Encoder, error) {
 	// The fastest zstd level barely matches into a raw dictionary, so deltas
 	// always use at least the default level.
-	lvl := max(c.level, zstd.SpeedDefault)
-	return zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(1), zstd.WithEncoderDictRaw(1, dict), zstd.WithWindowSize(window))
+	return frameEncoder(max(c.level, zstd.SpeedDefault), dict, window)
+}
+
+// frameEncoder returns a single-threaded encoder of blob payloads at lvl,
+// with dict (if any) as raw dictionary 1 and a window of window bytes.
+func frameEncoder(lvl zstd.EncoderLevel, dict []byte, window int) (*zstd.Encoder, error) {
+	opts := []zstd.EOption{zstd.WithEncoderLevel(lvl), zstd.WithEncoderCRC(false), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true)}
+	if len(dict) > 0 {
+		opts = append(opts, zstd.WithEncoderDictRaw(1, dict), zstd.WithWindowSize(window))
+	}
+	return zstd.NewWriter(nil, opts...)
 }
 
 func windowFor(n int) int {

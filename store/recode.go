@@ -65,12 +65,7 @@ func (g *goEncoder) Level() int   { return g.level }
 func (g *goEncoder) Name() string { return "go zstd level " + strconv.Itoa(g.level) }
 
 func (g *goEncoder) EncodeFrame(_ context.Context, data, dict []byte) ([]byte, error) {
-	opts := []zstd.EOption{zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(g.level)), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true)}
-	if len(dict) > 0 {
-		opts = append(opts, zstd.WithEncoderDictRaw(1, dict), zstd.WithWindowSize(windowFor(len(dict)+len(data))))
-	}
-	enc, err := zstd.NewWriter(nil, opts...)
+	enc, err := frameEncoder(zstd.EncoderLevelFromZstd(g.level), dict, windowFor(len(dict)+len(data)))
 	if err != nil {
 		return nil, err
 	}
