@@ -3,12 +3,10 @@ package ingest
 import (
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/narstore/narstore/chunker"
-	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/index/indextest"
 	"github.com/narstore/narstore/store"
 	"github.com/narstore/narstore/store/storetest"
@@ -80,11 +78,7 @@ func TestPickDeltaEstimate(t *testing.T) {
 // plain chunk and gives that chunk's stored/size ratio; unknown chunks get 0.
 func TestRootRatios(t *testing.T) {
 	ctx := t.Context()
-	ix, err := index.OpenSQLite(filepath.Join(t.TempDir(), "index.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ix.Close()
+	ix := indextest.SQLite(t)
 	ni, nar, chunks := indextest.Fixture("chain", 5, 1000)
 	chunks[0].StoredSize = 250 // a plain root at 0.25
 	chunks[1].Encoding, chunks[1].Bases, chunks[1].Depth = uint8(store.EncZstdDelta), []chunker.ID{chunks[0].ID}, 1

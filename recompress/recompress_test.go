@@ -5,32 +5,24 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/index/indextest"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/recompress"
 	"github.com/narstore/narstore/store"
+	"github.com/narstore/narstore/store/storetest"
 )
 
 // Run with a limit does part of the work; the next run does the rest and a
 // third finds nothing left. Every chunk reads back the same.
 func TestRunResumesAndLimits(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	ix, err := index.OpenSQLite(filepath.Join(dir, "index.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ix.Close()
-	d, err := store.OpenDir(filepath.Join(dir, "chunks"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := store.NewChunks(d, store.ChunksOptions{Level: 1})
+	ix := indextest.SQLite(t)
+	c, _ := store.NewChunks(storetest.Dir(t), store.ChunksOptions{Level: 1})
 	var (
 		data  [][]byte
 		recs  []index.Chunk

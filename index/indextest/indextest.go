@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"sync"
@@ -18,6 +19,18 @@ import (
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
 )
+
+// SQLite opens an empty SQLite index in a temporary directory, closed when
+// the test ends.
+func SQLite(t testing.TB) *index.SQLite {
+	t.Helper()
+	ix, err := index.OpenSQLite(filepath.Join(t.TempDir(), "index.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ix.Close() })
+	return ix
+}
 
 // Run runs the suite. open returns an empty index for each subtest; the
 // suite closes it.

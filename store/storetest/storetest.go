@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/store"
@@ -253,4 +254,25 @@ func DeltaCycle(t testing.TB, s store.Store, c *store.Chunks) (a, b chunker.ID) 
 		t.Fatal(err)
 	}
 	return a, b
+}
+
+// FailsCorrupt runs the reads at once and requires every one to fail with
+// store.ErrCorrupt within 10 seconds: a corrupt store (a DeltaCycle) must
+// fail reads, not hang them. what names the case in failures.
+func FailsCorrupt(t testing.TB, what string, reads ...func() error) {
+	t.Helper()
+	done := make(chan error, len(reads))
+	for _, read := range reads {
+		go func() { done <- read() }()
+	}
+	for range reads {
+		select {
+		case err := <-done:
+			if !errors.Is(err, store.ErrCorrupt) {
+				t.Fatalf("%s: %v, want ErrCorrupt", what, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the read hangs", what)
+		}
+	}
 }
