@@ -252,7 +252,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 	seen := map[string]bool{}
 	var rows []Row
 	pkgs := map[string]*PackageRow{}
-	owner := map[chunker.ID]string{} // package whose NAR stored the chunk first
+	owner := map[chunker.ID]string{} // package whose NAR stored the chunk first; for recompression's per-package figures
 	account := func(pname string, before int64, nar *index.NAR) {
 		p := pkgs[pname]
 		if p == nil {
@@ -262,7 +262,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 		p.NARs++
 		p.NARBytes += nar.Size
 		for _, ch := range nar.Chunks {
-			if _, ok := owner[ch.ID]; !ok {
+			if _, ok := owner[ch.ID]; !ok && c.Recompress > 0 {
 				owner[ch.ID] = pname
 			}
 		}

@@ -133,8 +133,6 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	}
 	if l.err == nil {
 		c.markPresentLocked(id)
-	}
-	if l.err == nil {
 		c.lru.Add(id, l.data)
 	}
 	c.mu.Unlock()

@@ -173,7 +173,7 @@ pages:
 			break
 		}
 		for _, c := range recs {
-			if c.ID == (chunker.ID{}) { // gone meanwhile
+			if c.ID.IsZero() { // gone meanwhile
 				continue
 			}
 			if opts.Limit > 0 && n >= opts.Limit {

@@ -18,6 +18,24 @@ import (
 	"github.com/narstore/narstore/store"
 )
 
+// zstdLevels parses a comma-separated list of zstd levels (1-22, or 0 too
+// when zero means "none") given as flag name.
+func zstdLevels(name, list string, zero bool) ([]int, error) {
+	lowest, want := 1, "a zstd level 1-22"
+	if zero {
+		lowest, want = 0, "0 or a zstd level 1-22"
+	}
+	var out []int
+	for _, l := range strings.Split(list, ",") {
+		lvl, err := strconv.Atoi(strings.TrimSpace(l))
+		if err != nil || lvl < lowest || lvl > 22 {
+			return nil, &exitError{code: 2, msg: fmt.Sprintf("%s: %q is not %s", name, l, want)}
+		}
+		out = append(out, lvl)
+	}
+	return out, nil
+}
+
 func setupBench(fs *flag.FlagSet) runFunc {
 	bumps := fs.String("bumps", "", "comma-separated directories, one per channel bump in order, each holding .nar/.nar.xz/.nar.zst/.nar.bz2 files")
 	bumpPaths := fs.String("bump-paths", "", "comma-separated store-paths files, one per bump in order (with --upstream)")
@@ -93,24 +111,20 @@ func setupBench(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
-		var rcs []int
-		for _, l := range strings.Split(*recompressLevels, ",") {
-			lvl, err := strconv.Atoi(strings.TrimSpace(l))
-			if err != nil || lvl < 0 || lvl > 22 {
-				return &exitError{code: 2, msg: fmt.Sprintf("--recompress: %q is not 0 or a zstd level 1-22", l)}
-			}
-			rcs = append(rcs, lvl)
+		lvls, err := zstdLevels("--levels", *levels, false)
+		if err != nil {
+			return err
+		}
+		rcs, err := zstdLevels("--recompress", *recompressLevels, true)
+		if err != nil {
+			return err
 		}
 		for _, p := range strings.Split(*presets, ",") {
 			preset, err := chunker.LookupPreset(strings.TrimSpace(p))
 			if err != nil {
 				return &exitError{code: 2, msg: err.Error()}
 			}
-			for _, l := range strings.Split(*levels, ",") {
-				lvl, err := strconv.Atoi(strings.TrimSpace(l))
-				if err != nil || lvl < 1 || lvl > 22 {
-					return &exitError{code: 2, msg: fmt.Sprintf("--levels: %q is not a zstd level 1-22", l)}
-				}
+			for _, lvl := range lvls {
 				for _, n := range norms {
 					for _, d := range deltas {
 						for _, rc := range rcs {
