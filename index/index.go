@@ -71,8 +71,9 @@ type Chunk struct {
 	Sims []uint64
 }
 
-// encMultiDelta chunks keep their bases in chunk_bases.
-const encMultiDelta = uint8(store.EncZstdMultiDelta)
+// multiBase reports whether a chunk of encoding enc keeps its bases in
+// chunk_bases.
+func multiBase(enc uint8) bool { return store.Encoding(enc).MultiBase() }
 
 // walkNARsFrom is the FROM clause of WalkNARs, oldest first (then lineage
 // order within a second), the same in both SQL dialects.

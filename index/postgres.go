@@ -281,7 +281,7 @@ func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error
 	rows.Close()
 	var multi [][]byte
 	for id, c := range found {
-		if c.Encoding == encMultiDelta {
+		if multiBase(c.Encoding) {
 			multi = append(multi, append([]byte(nil), id[:]...))
 			c.Bases = nil
 			found[id] = c

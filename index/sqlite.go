@@ -397,7 +397,7 @@ func (s *SQLite) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) 
 		out[i] = c
 	}
 	for i := range out {
-		if out[i].Encoding != encMultiDelta {
+		if !multiBase(out[i].Encoding) {
 			continue
 		}
 		rows, err := conn.QueryContext(ctx, `SELECT base_id FROM chunk_bases WHERE chunk_id = ? ORDER BY seq`, out[i].ID[:])

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -272,4 +273,89 @@ func TestMaxDeltaDepthSetting(t *testing.T) {
 	if _, err := ingest.New(nil, newEnv(t).ix, nil, ingest.Options{MaxDeltaDepth: store.MaxDeltaDepthLimit + 1}); err == nil {
 		t.Error("a depth over the limit was accepted")
 	}
+}
+
+// A new release whose chunk boundaries all moved (bytes changed next to every
+// old boundary) has chunks spanning two old ones. Each is a delta against the
+// old chunk holding most of it, with the neighbour's end next to that chunk
+// (half as long as the new chunk) in the dictionary, not the whole neighbour;
+// it stays a small fraction of the plain bytes and reads back byte-exact.
+func TestDeltaNeighbourRanges(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	text := func(n int, seed uint64) []byte { // random lower-case words: no 8 bytes repeat often
+		r := rand.New(rand.NewPCG(seed, 3))
+		b := make([]byte, n)
+		for i := range b {
+			if b[i] = byte('a' + r.IntN(26)); r.IntN(6) == 0 {
+				b[i] = ' '
+			}
+		}
+		return b
+	}
+	os.WriteFile(filepath.Join(dir, "data"), text(3<<20, 1), 0o644)
+	v1 := nixtest.DumpPath(t, dir)
+	ni1 := e.cache.Add(t, nixtest.Path{Name: "pkg-1.0", HashPart: nixtest.RandomHashPart(), NAR: v1})
+	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta = true })
+	if _, err := in.IngestPath(t.Context(), ni1.StorePath); err != nil {
+		t.Fatal(err)
+	}
+	nar1, _ := e.ix.NAR(t.Context(), ni1.NarHash)
+	v2 := append([]byte(nil), v1...)
+	for _, c := range nar1.Chunks[1:] {
+		copy(v2[c.Offset-16:], text(16, c.Offset)) // the cut point moves
+	}
+	ni2 := e.cache.Add(t, nixtest.Path{Name: "pkg-2.0", HashPart: nixtest.RandomHashPart(), NAR: v2})
+	res, err := in.IngestPath(t.Context(), ni2.StorePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.readBack(t, ni2); !bytes.Equal(got, v2) {
+		t.Fatal("the new release does not read back byte-exact")
+	}
+	nar2, _ := e.ix.NAR(t.Context(), ni2.NarHash)
+	sizes := map[chunker.ID]int{}
+	for _, c := range append(nar1.Chunks, nar2.Chunks...) {
+		sizes[c.ID] = int(c.Size)
+	}
+	encs := map[store.Encoding]int{}
+	for _, c := range deltaChunks(t, e.ix, nar2) {
+		blob := storetest.ReadBlob(t, e.dir, c.ID)
+		enc, refs, _, err := store.BlobHeader(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		encs[enc]++
+		if enc != store.EncZstdRangeDelta {
+			continue
+		}
+		whole := func(r store.BaseRef) bool { return r.Off == 0 && r.Len == sizes[r.ID] }
+		if last := refs[len(refs)-1]; !whole(last) {
+			t.Errorf("chunk %s: best base %s (%d bytes) is in the dictionary as %d+%d; want all of it", c.ID, last.ID, sizes[last.ID], last.Off, last.Len)
+		}
+		for _, r := range refs[:len(refs)-1] {
+			head, tail := r.Off == 0, r.Off+r.Len == sizes[r.ID]
+			if !whole(r) && (r.Len != int(c.Size)/2 || head == tail) {
+				t.Errorf("chunk %s (%d bytes): neighbour %s of %d bytes in the dictionary as %d+%d; want all of it or its first or last %d bytes",
+					c.ID, c.Size, r.ID, sizes[r.ID], r.Off, r.Len, c.Size/2)
+			}
+		}
+	}
+	ranged := encs[store.EncZstdRangeDelta]
+	if ranged < len(nar2.Chunks)/4 {
+		t.Errorf("%d of %d chunks are range deltas (%v); want a good part", ranged, len(nar2.Chunks), encs)
+	}
+	plain := 0
+	for _, c := range nar2.Chunks {
+		data, err := e.chunks.Get(t.Context(), c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, w := e.chunks.Encode(data)
+		plain += w.StoredSize
+	}
+	if res.StoredBytes*8 > uint64(plain) {
+		t.Errorf("new release stored %d bytes; plain zstd %d", res.StoredBytes, plain)
+	}
+	t.Logf("%d chunks: %v; %d bytes stored, plain zstd %d", len(nar2.Chunks), encs, res.StoredBytes, plain)
 }

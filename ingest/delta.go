@@ -25,7 +25,8 @@ import (
 // often spread over the best base and the chunk before or after it. Measured
 // on real npm releases, neighbours cut delta bytes by a third against the
 // best base alone (typescript 711 → 487 KB, next-swc 12.1 → 8.0 MB, esbuild
-// 781 → 414 KB). A chunk whose best base holds 90% of its samples keeps a
+// 781 → 414 KB). Of a neighbour, only the end next to the best base goes in
+// (neighbourSpan). A chunk whose best base holds 90% of its samples keeps a
 // one-base dictionary (cheaper to encode and decode).
 
 var gear = func() (t [256]uint64) {
@@ -399,7 +400,18 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 			if err != nil { // a base that went away: do without it
 				continue
 			}
-			bases = append(bases, store.Base{ID: b.id, Data: bd})
+			base := store.Base{ID: b.id, Data: bd}
+			if k := neighbourSpan(len(data)); len(bd) > k {
+				// A neighbour holds content that crossed its boundary with
+				// the best base: the end next to that boundary.
+				switch i {
+				case m.best - 1:
+					base.Off, base.Len = len(bd)-k, k
+				case m.best + 1:
+					base.Len = k
+				}
+			}
+			bases = append(bases, base)
 			depth = max(depth, b.depth+1)
 			ratio = b.plainRatio // the best base's, last
 		}
@@ -441,6 +453,16 @@ func (in *Ingester) pickDelta(data []byte, bases []store.Base, depth uint8, plai
 	}
 	return blob, w, 0, nil
 }
+
+// neighbourSpan is how much of a neighbouring base a delta's dictionary
+// takes, for a new chunk of n bytes: the end next to the best base, half as
+// long as the chunk. Content that crossed the boundary between them lies
+// there; the rest of the neighbour only costs hashing. Measured on the large
+// corpus (level 3, six bumps): the same stored bytes as whole neighbours
+// (262.08 against 262.11 MB; a third of the chunk stores 0.8% more, a
+// quarter 2.3%, a fixed 64 KiB 3.8%), and bump 5 ingests 9% faster at one
+// core (7.6 against 8.3 s).
+func neighbourSpan(n int) int { return n / 2 }
 
 // plainEstimateSlack is how far the plain estimate may be off: a delta is
 // taken untried when it beats the margin against 5/8 of the estimate (with

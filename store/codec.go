@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -31,13 +32,24 @@ const (
 	// Content that moved across a chunk boundary between two versions is
 	// found in the neighbouring base.
 	EncZstdMultiDelta Encoding = 3
+	// EncZstdRangeDelta is EncZstdMultiDelta with a byte range of each base
+	// in the dictionary: a count byte, then per base its 32-byte ID and the
+	// range's offset and length as uvarints. A neighbouring base is there
+	// for content that crossed its boundary, so the dictionary takes only
+	// the end near that boundary: a smaller dictionary costs less to hash
+	// when encoding and to assemble when decoding.
+	EncZstdRangeDelta Encoding = 4
 )
 
 // MaxDeltaBases bounds the bases of one delta chunk.
 const MaxDeltaBases = 4
 
 // IsDelta reports whether chunks of this encoding need bases to decode.
-func (e Encoding) IsDelta() bool { return e == EncZstdDelta || e == EncZstdMultiDelta }
+func (e Encoding) IsDelta() bool { return e == EncZstdDelta || e.MultiBase() }
+
+// MultiBase reports whether chunks of this encoding may name several bases
+// (the index keeps those in a table of their own).
+func (e Encoding) MultiBase() bool { return e == EncZstdMultiDelta || e == EncZstdRangeDelta }
 
 func (e Encoding) String() string {
 	switch e {
@@ -49,12 +61,15 @@ func (e Encoding) String() string {
 		return "zstd-delta"
 	case EncZstdMultiDelta:
 		return "zstd-multi-delta"
+	case EncZstdRangeDelta:
+		return "zstd-range-delta"
 	}
 	return fmt.Sprintf("encoding(%d)", uint8(e))
 }
 
 // Blob layout: version byte, encoding byte, [32-byte base ID if delta | count
-// byte and count 32-byte base IDs if multi-delta], payload.
+// byte and count 32-byte base IDs if multi-delta | count byte and count
+// (32-byte base ID, uvarint offset, uvarint length) if range-delta], payload.
 // Blobs are self-describing so a store can be read (or migrated) without the index.
 const blobVersion = 1
 
@@ -142,10 +157,51 @@ type Written struct {
 	Level      int          // zstd level the blob was made at (recorded with the chunk)
 }
 
-// Base is a base chunk's ID and verified bytes, for EncodeDelta.
+// Base is a base chunk's ID and verified bytes, for EncodeDelta. Len > 0
+// limits the dictionary to Data[Off:Off+Len]; Len 0 takes all of Data.
 type Base struct {
-	ID   chunker.ID
-	Data []byte
+	ID       chunker.ID
+	Data     []byte
+	Off, Len int
+}
+
+// part is the bytes of b that go into the dictionary.
+func (b Base) part() []byte {
+	if b.Len == 0 {
+		return b.Data
+	}
+	return b.Data[b.Off : b.Off+b.Len]
+}
+
+// ranged reports whether the dictionary takes only part of b.
+func (b Base) ranged() bool { return b.Len != 0 && b.Len != len(b.Data) }
+
+// BaseRef is a delta base as a blob names it: the chunk, and the byte range
+// of it in the dictionary (Len 0: all of it).
+type BaseRef struct {
+	ID       chunker.ID
+	Off, Len int
+}
+
+// part returns the bytes of data (the base chunk's) that ref puts in the
+// dictionary; a range past its end means a corrupt blob.
+func (ref BaseRef) part(data []byte) ([]byte, error) {
+	if ref.Len == 0 {
+		return data, nil
+	}
+	if ref.Off > len(data) || ref.Len > len(data)-ref.Off {
+		return nil, fmt.Errorf("delta base %s: range %d+%d outside its %d bytes: %w", ref.ID, ref.Off, ref.Len, len(data), ErrCorrupt)
+	}
+	return data[ref.Off : ref.Off+ref.Len], nil
+}
+
+// IDs returns the chunks refs name, in order.
+func IDs(refs []BaseRef) []chunker.ID {
+	ids := make([]chunker.ID, len(refs))
+	for i, r := range refs {
+		ids[i] = r.ID
+	}
+	return ids
 }
 
 // Encode returns the blob for data: zstd, or raw when zstd does not shrink it.
@@ -173,23 +229,34 @@ func (c *Chunks) Encode(data []byte) ([]byte, Written) {
 // stored. Optional; the blob must not be used afterwards.
 func (c *Chunks) Recycle(blob []byte) { c.blobs.Put(&blob) }
 
-// EncodeDelta returns the blob for data compressed against the bases' bytes,
-// concatenated in order (put the most similar last: nearest matches cost
-// least). One base gives EncZstdDelta, several EncZstdMultiDelta. The caller
-// decides whether it beats Encode by enough to keep.
+// EncodeDelta returns the blob for data compressed against the bases' bytes
+// (or the part of each a Base's range names), concatenated in order (put the
+// most similar last: nearest matches cost least). One whole base gives
+// EncZstdDelta, several EncZstdMultiDelta, any range EncZstdRangeDelta. The
+// caller decides whether it beats Encode by enough to keep.
 func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error) {
 	if len(bases) == 0 || len(bases) > MaxDeltaBases {
 		return nil, Written{}, fmt.Errorf("delta with %d bases: want 1 to %d", len(bases), MaxDeltaBases)
 	}
-	dict := bases[0].Data
-	if len(bases) > 1 {
-		n := 0
-		for _, b := range bases {
-			n += len(b.Data)
+	w := Written{Encoding: EncZstdDelta, Level: max(c.levelNum, 3)}
+	n := 0
+	for _, b := range bases {
+		if b.Off < 0 || b.Len < 0 || b.Off+b.Len > len(b.Data) {
+			return nil, Written{}, fmt.Errorf("delta base %s: range %d+%d outside its %d bytes", b.ID, b.Off, b.Len, len(b.Data))
 		}
+		if b.ranged() {
+			w.Encoding = EncZstdRangeDelta
+		}
+		n += len(b.part())
+	}
+	if w.Encoding == EncZstdDelta && len(bases) > 1 {
+		w.Encoding = EncZstdMultiDelta
+	}
+	dict := bases[0].part()
+	if len(bases) > 1 {
 		dict = make([]byte, 0, n)
 		for _, b := range bases {
-			dict = append(dict, b.Data...)
+			dict = append(dict, b.part()...)
 		}
 	}
 	window := windowFor(len(dict) + len(data))
@@ -197,16 +264,19 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 	if err != nil {
 		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
 	}
-	w := Written{Encoding: EncZstdDelta, Level: max(c.levelNum, 3)}
-	blob := make([]byte, 2, 3+len(bases)*len(chunker.ID{})+len(data)/4)
+	blob := make([]byte, 2, 3+len(bases)*(len(chunker.ID{})+2*binary.MaxVarintLen32)+len(data)/4)
 	blob[0] = blobVersion
-	if len(bases) > 1 {
-		w.Encoding = EncZstdMultiDelta
+	blob[1] = byte(w.Encoding)
+	if w.Encoding.MultiBase() {
 		blob = append(blob, byte(len(bases)))
 	}
-	blob[1] = byte(w.Encoding)
 	for _, b := range bases {
 		blob = append(blob, b.ID[:]...)
+		if w.Encoding == EncZstdRangeDelta {
+			p := b.part()
+			blob = binary.AppendUvarint(blob, uint64(b.Off))
+			blob = binary.AppendUvarint(blob, uint64(len(p)))
+		}
 		w.Bases = append(w.Bases, b.ID)
 	}
 	blob = enc.EncodeAll(data, blob)
@@ -261,7 +331,7 @@ func (c *Chunks) Sync(ctx context.Context) error {
 
 // BlobHeader parses a blob's header: its encoding, delta bases (in
 // dictionary order) and payload.
-func BlobHeader(blob []byte) (enc Encoding, bases []chunker.ID, payload []byte, err error) {
+func BlobHeader(blob []byte) (enc Encoding, bases []BaseRef, payload []byte, err error) {
 	if len(blob) < 2 || blob[0] != blobVersion {
 		return 0, nil, nil, fmt.Errorf("unknown blob format: %w", ErrCorrupt)
 	}
@@ -272,7 +342,7 @@ func BlobHeader(blob []byte) (enc Encoding, bases []chunker.ID, payload []byte, 
 	case EncRaw, EncZstd:
 	case EncZstdDelta:
 		n = 1
-	case EncZstdMultiDelta:
+	case EncZstdMultiDelta, EncZstdRangeDelta:
 		if len(payload) < 1 || payload[0] < 2 || payload[0] > MaxDeltaBases {
 			return 0, nil, nil, fmt.Errorf("bad delta base count: %w", ErrCorrupt)
 		}
@@ -282,13 +352,28 @@ func BlobHeader(blob []byte) (enc Encoding, bases []chunker.ID, payload []byte, 
 		return 0, nil, nil, fmt.Errorf("unknown encoding %d (written by a newer narstore?): %w", enc, ErrCorrupt)
 	}
 	const idLen = len(chunker.ID{})
-	if len(payload) < n*idLen {
-		return 0, nil, nil, fmt.Errorf("short delta header: %w", ErrCorrupt)
+	for range n {
+		if len(payload) < idLen {
+			return 0, nil, nil, fmt.Errorf("short delta header: %w", ErrCorrupt)
+		}
+		ref := BaseRef{ID: chunker.ID(payload[:idLen])}
+		payload = payload[idLen:]
+		if enc == EncZstdRangeDelta {
+			off, k := binary.Uvarint(payload)
+			if k <= 0 || off > MaxChunkSize {
+				return 0, nil, nil, fmt.Errorf("bad delta base range: %w", ErrCorrupt)
+			}
+			payload = payload[k:]
+			l, k := binary.Uvarint(payload)
+			if k <= 0 || l == 0 || l > MaxChunkSize {
+				return 0, nil, nil, fmt.Errorf("bad delta base range: %w", ErrCorrupt)
+			}
+			payload = payload[k:]
+			ref.Off, ref.Len = int(off), int(l)
+		}
+		bases = append(bases, ref)
 	}
-	for i := range n {
-		bases = append(bases, chunker.ID(payload[i*idLen:(i+1)*idLen]))
-	}
-	return enc, bases, payload[n*idLen:], nil
+	return enc, bases, payload, nil
 }
 
 // BaseFunc returns the verified bytes of a base chunk, for decoding deltas.
@@ -371,7 +456,7 @@ func (c *Chunks) decode(ctx context.Context, id chunker.ID, blob []byte, baseFn 
 // of its frame. It is nil for a chunk of a plain encoding. Hand pooled (nil
 // unless several bases were concatenated) to releaseDict once the
 // dictionary is no longer used.
-func (c *Chunks) baseDict(ctx context.Context, enc Encoding, bases []chunker.ID, baseFn BaseFunc, depth int) (dict []byte, pooled *[]byte, err error) {
+func (c *Chunks) baseDict(ctx context.Context, enc Encoding, bases []BaseRef, baseFn BaseFunc, depth int) (dict []byte, pooled *[]byte, err error) {
 	if !enc.IsDelta() {
 		return nil, nil, nil
 	}
@@ -380,15 +465,18 @@ func (c *Chunks) baseDict(ctx context.Context, enc Encoding, bases []chunker.ID,
 	}
 	baseData := make([][]byte, len(bases))
 	n := 0
-	for i, baseID := range bases {
+	for i, ref := range bases {
 		var base []byte
 		if baseFn != nil {
-			base, err = baseFn(context.WithValue(ctx, chainDepthKey{}, depth+1), baseID)
+			base, err = baseFn(context.WithValue(ctx, chainDepthKey{}, depth+1), ref.ID)
 		} else {
-			base, err = c.get(ctx, baseID, nil, depth+1)
+			base, err = c.get(ctx, ref.ID, nil, depth+1)
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("delta base %s: %w", baseID, err)
+			return nil, nil, fmt.Errorf("delta base %s: %w", ref.ID, err)
+		}
+		if base, err = ref.part(base); err != nil {
+			return nil, nil, err
 		}
 		baseData[i] = base
 		n += len(base)
@@ -430,7 +518,7 @@ func (c *Chunks) decodePayload(id chunker.ID, enc Encoding, payload, dict []byte
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %v: %w", err, ErrCorrupt)
 		}
-	case EncZstdDelta, EncZstdMultiDelta:
+	case EncZstdDelta, EncZstdMultiDelta, EncZstdRangeDelta:
 		data, err = c.decodeDelta(payload, dict)
 		if err != nil {
 			return nil, fmt.Errorf("zstd delta: %v: %w", err, ErrCorrupt)

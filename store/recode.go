@@ -163,7 +163,7 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, ba
 	if err != nil {
 		return Recoded{}, fmt.Errorf("chunk %s: %w", id, err)
 	}
-	out := Recoded{Encoding: kind, Bases: bases, OldSize: len(blob), NewSize: len(blob)}
+	out := Recoded{Encoding: kind, Bases: IDs(bases), OldSize: len(blob), NewSize: len(blob)}
 	frame, err := enc.EncodeFrame(ctx, data, dict)
 	if err != nil {
 		return out, fmt.Errorf("chunk %s: recompress: %w", id, err)

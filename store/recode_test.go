@@ -56,9 +56,13 @@ func TestRecode(t *testing.T) {
 			two := append(append(append([]byte(nil), a[150<<10:]...), textBytes(100<<10, 14)...), b[:50<<10]...)
 			oneBlob, _, _ := c.EncodeDelta(one, []store.Base{{ID: aID, Data: a}})
 			twoBlob, _, _ := c.EncodeDelta(two, []store.Base{{ID: aID, Data: a}, {ID: bID, Data: b}})
-			oneID, twoID := chunker.Sum(one), chunker.Sum(two)
+			// Like two, from the end of a and the start of b only.
+			three := append(append(append([]byte(nil), a[160<<10:]...), textBytes(100<<10, 16)...), b[:40<<10]...)
+			threeBlob, _, _ := c.EncodeDelta(three, []store.Base{{ID: aID, Data: a, Off: 150 << 10, Len: 50 << 10}, {ID: bID, Data: b, Len: 50 << 10}})
+			oneID, twoID, threeID := chunker.Sum(one), chunker.Sum(two), chunker.Sum(three)
 			d.Put(ctx, oneID, oneBlob)
 			d.Put(ctx, twoID, twoBlob)
+			d.Put(ctx, threeID, threeBlob)
 			random := storetest.RandomBytes(64<<10, 15)
 			rawID := chunker.Sum(random)
 			c.Put(ctx, rawID, random)
@@ -73,6 +77,7 @@ func TestRecode(t *testing.T) {
 				{"plain", aID, a, store.EncZstd, nil},
 				{"delta", oneID, one, store.EncZstdDelta, []chunker.ID{aID}},
 				{"multi-delta", twoID, two, store.EncZstdMultiDelta, []chunker.ID{aID, bID}},
+				{"range-delta", threeID, three, store.EncZstdRangeDelta, []chunker.ID{aID, bID}},
 			} {
 				before := storetest.ReadBlob(t, d, tc.id)
 				r, err := c.Recode(ctx, tc.id, enc, nil)
@@ -87,7 +92,7 @@ func TestRecode(t *testing.T) {
 					t.Errorf("%s: stored blob is %d bytes, Recode says %d", tc.name, len(after), r.NewSize)
 				}
 				kind, bases, _, err := store.BlobHeader(after)
-				if err != nil || kind != tc.kind || !equalIDs(bases, tc.bases) || r.Encoding != tc.kind || !equalIDs(r.Bases, tc.bases) {
+				if err != nil || kind != tc.kind || !equalIDs(store.IDs(bases), tc.bases) || r.Encoding != tc.kind || !equalIDs(r.Bases, tc.bases) {
 					t.Errorf("%s: rewritten blob is %v with bases %v (%v); want %v with %v", tc.name, kind, bases, err, tc.kind, tc.bases)
 				}
 				if got, err := c.Get(ctx, tc.id); err != nil || !bytes.Equal(got, tc.data) {

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -194,13 +196,57 @@ func TestChunksMultiDelta(t *testing.T) {
 		t.Errorf("two bases: %d bytes, one base: %d bytes; want under 2 KiB and over 40 KiB", len(blob), len(single))
 	}
 	enc, bases, _, err := store.BlobHeader(blob)
-	if err != nil || enc != store.EncZstdMultiDelta || len(bases) != 2 || bases[1] != bID {
+	if err != nil || enc != store.EncZstdMultiDelta || len(bases) != 2 || bases[1].ID != bID || bases[1].Len != 0 {
 		t.Fatalf("BlobHeader: %v %v %v", enc, bases, err)
 	}
 	d.Put(ctx, nextID, blob)
 	if got, err := c.Get(ctx, nextID); err != nil || !bytes.Equal(got, next) {
 		t.Fatalf("Get: %v", err)
 	}
+
+	// The same from the end of a and the start of b only: as small, and the
+	// blob names the ranges.
+	ranged, w, err := c.EncodeDelta(next, []store.Base{{ID: aID, Data: a, Off: 40 << 10, Len: 60 << 10}, {ID: bID, Data: b, Len: 60 << 10}})
+	if err != nil || w.Encoding != store.EncZstdRangeDelta || len(w.Bases) != 2 || w.Bases[0] != aID || w.Bases[1] != bID {
+		t.Fatalf("ranged: written %+v, %v", w, err)
+	}
+	if len(ranged) > 2<<10 {
+		t.Errorf("two ranges: %d bytes; want under 2 KiB", len(ranged))
+	}
+	enc, bases, _, err = store.BlobHeader(ranged)
+	if want := []store.BaseRef{{ID: aID, Off: 40 << 10, Len: 60 << 10}, {ID: bID, Len: 60 << 10}}; err != nil || enc != store.EncZstdRangeDelta || !reflect.DeepEqual(bases, want) {
+		t.Fatalf("BlobHeader of ranged: %v %+v %v", enc, bases, err)
+	}
+	d.Delete(ctx, nextID) // Put keeps what is there
+	d.Put(ctx, nextID, ranged)
+	if got, err := c.Get(ctx, nextID); err != nil || !bytes.Equal(got, next) {
+		t.Fatalf("Get ranged: %v", err)
+	}
+	// A range past the end of its base (a damaged header) fails as corrupt.
+	long := append(append([]byte(nil), a...), b...)
+	past, _, err := c.EncodeDelta(next, []store.Base{{ID: aID, Data: long, Off: 40 << 10, Len: 70 << 10}, {ID: bID, Data: b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Delete(ctx, nextID)
+	d.Put(ctx, nextID, past)
+	if _, err := c.Get(ctx, nextID); !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "outside its") {
+		t.Errorf("range past its base: %v, want ErrCorrupt naming the range", err)
+	}
+	if _, _, err := c.EncodeDelta(next, []store.Base{{ID: aID, Data: a, Off: 50 << 10, Len: 60 << 10}}); err == nil {
+		t.Error("EncodeDelta took a range past its base's bytes")
+	}
+	for _, hdr := range [][]byte{
+		append([]byte{1, byte(store.EncZstdRangeDelta), 2}, aID[:]...),                                    // no range
+		append(append([]byte{1, byte(store.EncZstdRangeDelta), 2}, aID[:]...), 0, 0),                      // empty range
+		append(append([]byte{1, byte(store.EncZstdRangeDelta), 2}, aID[:]...), 0, 0xff, 0xff, 0xff, 0x7f), // past MaxChunkSize
+	} {
+		if _, _, _, err := store.BlobHeader(hdr); !errors.Is(err, store.ErrCorrupt) {
+			t.Errorf("header % x: %v, want ErrCorrupt", hdr[35:], err)
+		}
+	}
+	d.Delete(ctx, nextID)
+	d.Put(ctx, nextID, blob)
 	if _, _, err := c.EncodeDelta(next, make([]store.Base, store.MaxDeltaBases+1)); err == nil {
 		t.Error("more than MaxDeltaBases bases accepted")
 	}

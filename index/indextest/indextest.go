@@ -18,6 +18,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/store"
 )
 
 // SQLite opens an empty SQLite index in a temporary directory, closed when
@@ -225,6 +226,16 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 		if !reflect.DeepEqual(got, []index.Chunk{chunks2[2], chunks[1], chunks2[0]}) {
 			t.Errorf("Chunks with several bases:\n got %+v\nwant %+v", got, []index.Chunk{chunks2[2], chunks[1], chunks2[0]})
+		}
+		// Ranges of several bases: the bases are kept the same way.
+		ni3, nar3, chunks3 := Fixture("range-delta", 2, 100)
+		chunks3[1].Encoding, chunks3[1].Depth = uint8(store.EncZstdRangeDelta), 2
+		chunks3[1].Bases = []chunker.ID{chunks2[2].ID, chunks3[0].ID}
+		if err := ix.Commit(ctx, ni3, nar3, chunks3); err != nil {
+			t.Fatal(err)
+		}
+		if got, err = ix.Chunks(ctx, []chunker.ID{chunks3[1].ID}); err != nil || !reflect.DeepEqual(got, chunks3[1:]) {
+			t.Errorf("Chunks of a range delta = %+v, %v; want %+v", got, err, chunks3[1:])
 		}
 	})
 
