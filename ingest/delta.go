@@ -116,8 +116,48 @@ type deltaIndex struct {
 	// inv maps sampled features to the bases holding them: sorted by
 	// feature, 16 bytes per (feature, base). A map of slices took ~60
 	// bytes each, 250 MB for a 1 GB previous version.
-	inv   []featBase
-	cache *baseCache
+	inv []featBase
+	// buckets[k] is where features with top bits k start in inv (the top
+	// bits are bucketShift and above; features are below 2^56), so a lookup
+	// searches a few entries, not all of inv: the binary search over all of
+	// it was ~6% of a delta bump's ingest, mostly cache misses.
+	buckets     []int32
+	bucketShift uint
+	cache       *baseCache
+}
+
+// index builds buckets over the sorted inv: about four features a bucket.
+func (di *deltaIndex) index() {
+	bits := uint(1)
+	for 1<<(bits+2) < len(di.inv) && bits < 20 {
+		bits++
+	}
+	di.bucketShift = 56 - bits
+	di.buckets = make([]int32, 1<<bits+1)
+	k := 0
+	for i, e := range di.inv {
+		for b := int(e.f >> di.bucketShift); k <= b; k++ {
+			di.buckets[k] = int32(i)
+		}
+	}
+	for ; k < len(di.buckets); k++ {
+		di.buckets[k] = int32(len(di.inv))
+	}
+}
+
+// lookup returns the entries of inv for feature f.
+func (di *deltaIndex) lookup(f uint64) []featBase {
+	b := f >> di.bucketShift
+	if b+1 >= uint64(len(di.buckets)) {
+		return nil
+	}
+	in := di.inv[di.buckets[b]:di.buckets[b+1]]
+	i, _ := slices.BinarySearchFunc(in, f, func(e featBase, t uint64) int { return cmp.Compare(e.f, t) })
+	j := i
+	for j < len(in) && in[j].f == f {
+		j++
+	}
+	return in[i:j]
 }
 
 // baseCacheBytes bounds the decoded chunks one NAR's delta search keeps
@@ -207,6 +247,7 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 		return cmp.Compare(a.base, b.base)
 	})
 	di.inv = slices.Clip(di.inv)
+	di.index()
 	return di
 }
 
@@ -302,9 +343,8 @@ func (di *deltaIndex) best(feats map[uint64]struct{}) (match, bool) {
 	votes := map[int32]int{}
 	bestIdx, bestVotes := int32(-1), 0
 	for f := range feats {
-		i, _ := slices.BinarySearchFunc(di.inv, f, func(e featBase, t uint64) int { return cmp.Compare(e.f, t) })
-		for ; i < len(di.inv) && di.inv[i].f == f; i++ {
-			b := di.inv[i].base
+		for _, e := range di.lookup(f) {
+			b := e.base
 			votes[b]++
 			if v := votes[b]; v > bestVotes || (v == bestVotes && b < bestIdx) {
 				bestIdx, bestVotes = b, v
