@@ -2,6 +2,7 @@ package reassembly
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -12,9 +13,13 @@ import (
 	"github.com/narstore/narstore/store"
 )
 
-// Cache is a bounded in-memory LRU of verified chunk bytes in front of a
+// Cache is a bounded in-memory LRU of chunk bytes in front of a
 // *store.Chunks. Concurrent misses for one chunk share one load. Delta bases
-// are loaded through the cache too. Safe for concurrent use.
+// are loaded through the cache too, without checking their BLAKE3
+// (store.Chunks.GetBaseWith): the chunk decoded with them is checked, and a
+// base's own bytes are checked the first time they are asked for as a chunk.
+// Every chunk Chunk returns to a caller other than a delta decoding is
+// verified. Safe for concurrent use.
 type Cache struct {
 	chunks *store.Chunks
 
@@ -59,9 +64,10 @@ func (c *Cache) knownPresentLocked(id chunker.ID) bool {
 }
 
 type load struct {
-	done chan struct{}
-	data []byte
-	err  error
+	done     chan struct{}
+	data     []byte
+	err      error
+	verified bool // data was checked against the chunk's ID
 
 	// Loads of delta bases nest inside the load of the chunk that needs
 	// them. waitingOn (guarded by Cache.mu) is the load this one cannot
@@ -81,10 +87,15 @@ func NewCache(c *store.Chunks, maxBytes int64) *Cache {
 
 // Chunk implements ChunkSource.
 func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
+	forBase := store.BaseLoad(ctx)
 	c.mu.Lock()
 	if data, ok := c.lru.Get(id); ok {
+		unchecked := c.lru.Unchecked(id)
 		c.mu.Unlock()
 		c.Hits.Add(1)
+		if unchecked && !forBase {
+			return c.check(id, data)
+		}
 		return data, nil
 	}
 	cur, _ := ctx.Value(curLoadKey{}).(*load) // set when loading a base
@@ -113,6 +124,9 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 			cur.waitingOn = nil
 			c.mu.Unlock()
 		}
+		if err == nil && !l.verified && !forBase {
+			return c.check(id, data)
+		}
 		return data, err
 	}
 	l := &load{done: make(chan struct{})}
@@ -125,7 +139,16 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 
 	// Load without the caller's cancellation so that waiters sharing this
 	// load are not failed by the first caller going away.
-	l.data, l.err = c.chunks.GetWith(context.WithValue(context.WithoutCancel(ctx), curLoadKey{}, l), id, c.Chunk)
+	lctx := context.WithValue(context.WithoutCancel(ctx), curLoadKey{}, l)
+	if forBase {
+		l.data, l.err = c.chunks.GetBaseWith(lctx, id, c.Chunk)
+	} else {
+		l.data, l.err = c.chunks.GetWith(lctx, id, c.Chunk)
+		l.verified = true
+	}
+	if errors.Is(l.err, store.ErrCorrupt) {
+		l.err = c.blameBases(l.err)
+	}
 	c.mu.Lock()
 	delete(c.loading, id)
 	if cur != nil {
@@ -133,11 +156,54 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	}
 	if l.err == nil {
 		c.markPresentLocked(id)
-		c.lru.Add(id, l.data)
+		if l.verified {
+			c.lru.Add(id, l.data)
+		} else {
+			c.lru.AddUnchecked(id, l.data)
+		}
 	}
 	c.mu.Unlock()
 	close(l.done)
 	return l.data, l.err
+}
+
+// check verifies bytes that were loaded as a delta base before they go to a
+// caller as a chunk: it marks them checked, or drops them and fails.
+func (c *Cache) check(id chunker.ID, data []byte) ([]byte, error) {
+	err := store.Verify(id, data)
+	c.mu.Lock()
+	if err != nil {
+		c.lru.Remove(id)
+	} else {
+		c.lru.Add(id, data) // marks it checked
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// blameBases is called when a chunk failed as corrupt (err). Its delta bases
+// may be cached unchecked, and a damaged one would fail it: unchecked chunks
+// are checked now, those that fail are dropped (so they are read again) and
+// named in the error. Only failures pay this.
+func (c *Cache) blameBases(err error) error {
+	c.mu.Lock()
+	ids := c.lru.UncheckedIDs()
+	c.mu.Unlock()
+	for _, id := range ids {
+		c.mu.Lock()
+		data, ok := c.lru.Get(id)
+		c.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if _, cerr := c.check(id, data); cerr != nil {
+			err = fmt.Errorf("%w (a delta base read for it is damaged: %v)", err, cerr)
+		}
+	}
+	return err
 }
 
 // Bytes returns how many bytes of chunk data are cached.

@@ -6,9 +6,10 @@ import (
 	"github.com/narstore/narstore/chunker"
 )
 
-// LRU keeps verified chunk bytes, most recently used first, up to a byte
-// bound; a chunk larger than a quarter of the bound is not kept. Not safe
-// for concurrent use: callers hold their own lock.
+// LRU keeps chunk bytes, most recently used first, up to a byte bound; a
+// chunk larger than a quarter of the bound is not kept. Bytes are verified
+// (they hash to their ID) unless added with AddUnchecked. Not safe for
+// concurrent use: callers hold their own lock.
 type LRU struct {
 	max, bytes int64
 	order      *list.List // of *lruEntry, most recent at front
@@ -16,8 +17,9 @@ type LRU struct {
 }
 
 type lruEntry struct {
-	id   chunker.ID
-	data []byte
+	id        chunker.ID
+	data      []byte
+	unchecked bool
 }
 
 // NewLRU returns an LRU of at most maxBytes; 0 keeps nothing.
@@ -38,12 +40,51 @@ func (l *LRU) Get(id chunker.ID) ([]byte, bool) {
 // Has reports whether id is kept, without marking it used.
 func (l *LRU) Has(id chunker.ID) bool { _, ok := l.entries[id]; return ok }
 
-// Add keeps data as id's bytes, evicting the least recently used beyond the bound.
-func (l *LRU) Add(id chunker.ID, data []byte) {
-	if _, ok := l.entries[id]; ok || l.max <= 0 || int64(len(data)) > l.max/4 {
+// Add keeps data, verified, as id's bytes, evicting the least recently used
+// beyond the bound.
+func (l *LRU) Add(id chunker.ID, data []byte) { l.add(id, data, false) }
+
+// AddUnchecked is Add for bytes not checked against id: a delta base loaded
+// only as a dictionary (Chunks.GetBaseWith). Check them before any other use.
+func (l *LRU) AddUnchecked(id chunker.ID, data []byte) { l.add(id, data, true) }
+
+// Unchecked reports whether id is kept with bytes not yet checked.
+func (l *LRU) Unchecked(id chunker.ID) bool {
+	el, ok := l.entries[id]
+	return ok && el.Value.(*lruEntry).unchecked
+}
+
+// UncheckedIDs returns the chunks kept with bytes not yet checked.
+func (l *LRU) UncheckedIDs() []chunker.ID {
+	var ids []chunker.ID
+	for id, el := range l.entries {
+		if el.Value.(*lruEntry).unchecked {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// Remove drops id.
+func (l *LRU) Remove(id chunker.ID) {
+	if el, ok := l.entries[id]; ok {
+		l.order.Remove(el)
+		delete(l.entries, id)
+		l.bytes -= int64(len(el.Value.(*lruEntry).data))
+	}
+}
+
+func (l *LRU) add(id chunker.ID, data []byte, unchecked bool) {
+	if el, ok := l.entries[id]; ok {
+		if !unchecked { // now checked
+			el.Value.(*lruEntry).unchecked = false
+		}
 		return
 	}
-	l.entries[id] = l.order.PushFront(&lruEntry{id: id, data: data})
+	if l.max <= 0 || int64(len(data)) > l.max/4 {
+		return
+	}
+	l.entries[id] = l.order.PushFront(&lruEntry{id: id, data: data, unchecked: unchecked})
 	l.bytes += int64(len(data))
 	for l.bytes > l.max {
 		el := l.order.Back()

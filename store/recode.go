@@ -159,7 +159,7 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, ba
 		return Recoded{}, fmt.Errorf("chunk %s: %w", id, err)
 	}
 	defer c.releaseDict(pooled, dict)
-	data, err := c.decodePayload(id, kind, payload, dict)
+	data, err := c.decodePayload(id, kind, payload, dict, true)
 	if err != nil {
 		return Recoded{}, fmt.Errorf("chunk %s: %w", id, err)
 	}
@@ -181,7 +181,7 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, ba
 	if len(nb) >= len(blob) {
 		return out, nil
 	}
-	if _, err := c.decodePayload(id, newKind, frame, dict); err != nil {
+	if _, err := c.decodePayload(id, newKind, frame, dict, true); err != nil {
 		return out, fmt.Errorf("chunk %s: recompressed frame does not read back (%v); left as it was", id, err)
 	}
 	if err := r.Replace(ctx, id, nb); err != nil {
