@@ -242,7 +242,6 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 		return nil, Written{}, fmt.Errorf("delta with %d bases: want 1 to %d", len(bases), MaxDeltaBases)
 	}
 	w := Written{Encoding: EncZstdDelta, Level: max(c.levelNum, 3)}
-	n := 0
 	for _, b := range bases {
 		if b.Off < 0 || b.Len < 0 || b.Off+b.Len > len(b.Data) {
 			return nil, Written{}, fmt.Errorf("delta base %s: range %d+%d outside its %d bytes", b.ID, b.Off, b.Len, len(b.Data))
@@ -250,17 +249,21 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 		if b.ranged() {
 			w.Encoding = EncZstdRangeDelta
 		}
-		n += len(b.part())
 	}
 	if w.Encoding == EncZstdDelta && len(bases) > 1 {
 		w.Encoding = EncZstdMultiDelta
 	}
 	dict := bases[0].part()
 	if len(bases) > 1 {
-		dict = make([]byte, 0, n)
-		for _, b := range bases {
-			dict = append(dict, b.part()...)
+		parts := make([][]byte, len(bases))
+		for i, b := range bases {
+			parts[i] = b.part()
 		}
+		// The encoder copies the dictionary in on each reset and keeps no
+		// hold of it after the frame: its buffer goes back to the pool.
+		var pooled *[]byte
+		dict, pooled = c.joinDict(parts)
+		defer c.releaseDict(pooled, dict)
 	}
 	blob := make([]byte, 2, 3+len(bases)*(len(chunker.ID{})+2*binary.MaxVarintLen32)+len(data)/4)
 	blob[0] = blobVersion
@@ -525,7 +528,6 @@ func (c *Chunks) baseDict(ctx context.Context, enc Encoding, bases []BaseRef, ba
 		return nil, nil, fmt.Errorf("delta chain deeper than %d: %w", c.maxDepth, ErrCorrupt)
 	}
 	baseData := make([][]byte, len(bases))
-	n := 0
 	for i, ref := range bases {
 		var base []byte
 		if baseFn != nil {
@@ -540,10 +542,20 @@ func (c *Chunks) baseDict(ctx context.Context, enc Encoding, bases []BaseRef, ba
 			return nil, nil, err
 		}
 		baseData[i] = base
-		n += len(base)
 	}
 	if len(bases) == 1 {
 		return baseData[0], nil, nil
+	}
+	dict, pooled = c.joinDict(baseData)
+	return dict, pooled, nil
+}
+
+// joinDict concatenates parts in a reused buffer; hand pooled to
+// releaseDict once the dictionary is no longer used.
+func (c *Chunks) joinDict(parts [][]byte) (dict []byte, pooled *[]byte) {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
 	}
 	pooled, _ = c.dictBufs.Get().(*[]byte)
 	if pooled == nil || cap(*pooled) < n {
@@ -551,10 +563,10 @@ func (c *Chunks) baseDict(ctx context.Context, enc Encoding, bases []BaseRef, ba
 		pooled = &b
 	}
 	dict = (*pooled)[:0]
-	for _, b := range baseData {
-		dict = append(dict, b...)
+	for _, p := range parts {
+		dict = append(dict, p...)
 	}
-	return dict, pooled, nil
+	return dict, pooled
 }
 
 // releaseDict hands baseDict's buffer back for reuse. Decoded data never
