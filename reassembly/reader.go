@@ -21,7 +21,8 @@ import (
 
 // ChunkSource returns the verified bytes of a chunk: Is store.ErrNotFound when
 // missing and store.ErrCorrupt when damaged. The returned slice must not be
-// modified. *store.Chunks and *Cache implement it.
+// modified. *store.Chunks and *Cache implement it. (Asked for a delta base,
+// store.BaseLoad(ctx), a source may skip the check: see Cache.)
 type ChunkSource interface {
 	Chunk(ctx context.Context, id chunker.ID) ([]byte, error)
 }
