@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/narstore/narstore/chunker"
@@ -63,4 +64,40 @@ func TestBaseCacheCycleFails(t *testing.T) {
 	c, _ := store.NewChunks(d, store.ChunksOptions{})
 	aID, _ := storetest.DeltaCycle(t, d, c)
 	storetest.FailsCorrupt(t, "cycle of delta bases", func() error { _, err := newBaseCache(c, 1<<20).get(ctx, aID); return err })
+}
+
+// A chunk loaded only to decode another is not checked then (the chunk it
+// decodes is), but is checked before the delta search gets it as a base to
+// encode against: a damaged one fails then, and is not kept.
+func TestBaseCacheChecksWhatItReturns(t *testing.T) {
+	ctx := context.Background()
+	d := storetest.Dir(t)
+	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	base := storetest.RandomBytes(64<<10, 1) // stored raw: damage decodes silently
+	baseID := chunker.Sum(base)
+	c.Put(ctx, baseID, base)
+	half := append(append([]byte(nil), base[:32<<10]...), "an edit"...)
+	halfID := chunker.Sum(half)
+	blob, _, err := c.EncodeDelta(half, []store.Base{{ID: baseID, Data: base}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Put(ctx, halfID, blob)
+	storetest.Corrupt(t, d, baseID) // its last byte, which half does not use
+
+	bc := newBaseCache(c, 1<<20)
+	if got, err := bc.get(ctx, halfID); err != nil || !bytes.Equal(got, half) {
+		t.Fatalf("chunk decoded with a base damaged where it is not used: %v", err)
+	}
+	if !bc.lru.Unchecked(baseID) {
+		t.Fatal("the base was not loaded unchecked")
+	}
+	for range 2 {
+		if _, err := bc.get(ctx, baseID); !errors.Is(err, store.ErrCorrupt) {
+			t.Fatalf("damaged base asked for itself: %v, want ErrCorrupt", err)
+		}
+	}
+	if bc.lru.Has(baseID) {
+		t.Error("the damaged base is still cached")
+	}
 }

@@ -181,20 +181,45 @@ func newBaseCache(c *store.Chunks, max int64) *baseCache {
 }
 
 // get returns chunk id's verified bytes. Bases of bases load through the
-// cache too (store.Chunks bounds how deep that goes).
+// cache too (store.Chunks bounds how deep that goes), without checking their
+// own BLAKE3: they only serve to decode the chunk asked for, which is
+// checked, and what a delta is encoded against is always a chunk asked for.
+// A chunk loaded unchecked is checked when it is asked for itself.
 func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
+	forBase := store.BaseLoad(ctx)
 	b.mu.Lock()
 	data, ok := b.lru.Get(id)
+	unchecked := ok && b.lru.Unchecked(id)
 	b.mu.Unlock()
+	if ok && unchecked && !forBase {
+		if err := store.Verify(id, data); err != nil {
+			b.mu.Lock()
+			b.lru.Remove(id)
+			b.mu.Unlock()
+			return nil, err
+		}
+		b.mu.Lock()
+		b.lru.Add(id, data) // marks it checked
+		b.mu.Unlock()
+	}
 	if ok {
 		return data, nil
 	}
-	data, err := b.chunks.GetWith(ctx, id, b.get)
+	var err error
+	if forBase {
+		data, err = b.chunks.GetBaseWith(ctx, id, b.get)
+	} else {
+		data, err = b.chunks.GetWith(ctx, id, b.get)
+	}
 	if err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
-	b.lru.Add(id, data)
+	if forBase {
+		b.lru.AddUnchecked(id, data)
+	} else {
+		b.lru.Add(id, data)
+	}
 	b.mu.Unlock()
 	return data, nil
 }
