@@ -192,15 +192,9 @@ func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
 	unchecked := ok && b.lru.Unchecked(id)
 	b.mu.Unlock()
 	if ok && unchecked && !forBase {
-		if err := store.Verify(id, data); err != nil {
-			b.mu.Lock()
-			b.lru.Remove(id)
-			b.mu.Unlock()
+		if err := store.CheckCached(&b.mu, b.lru, id, data); err != nil {
 			return nil, err
 		}
-		b.mu.Lock()
-		b.lru.Add(id, data) // marks it checked
-		b.mu.Unlock()
 	}
 	if ok {
 		return data, nil

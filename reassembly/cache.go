@@ -170,15 +170,7 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 // check verifies bytes that were loaded as a delta base before they go to a
 // caller as a chunk: it marks them checked, or drops them and fails.
 func (c *Cache) check(id chunker.ID, data []byte) ([]byte, error) {
-	err := store.Verify(id, data)
-	c.mu.Lock()
-	if err != nil {
-		c.lru.Remove(id)
-	} else {
-		c.lru.Add(id, data) // marks it checked
-	}
-	c.mu.Unlock()
-	if err != nil {
+	if err := store.CheckCached(&c.mu, c.lru, id, data); err != nil {
 		return nil, err
 	}
 	return data, nil

@@ -2,6 +2,7 @@ package store
 
 import (
 	"container/list"
+	"sync"
 
 	"github.com/narstore/narstore/chunker"
 )
@@ -63,6 +64,21 @@ func (l *LRU) UncheckedIDs() []chunker.ID {
 		}
 	}
 	return ids
+}
+
+// CheckCached verifies bytes l keeps unchecked, before they are used as
+// the chunk itself: it marks them checked, or drops them and returns the
+// error (Is ErrCorrupt). The hash runs outside mu, the lock guarding l.
+func CheckCached(mu *sync.Mutex, l *LRU, id chunker.ID, data []byte) error {
+	err := Verify(id, data)
+	mu.Lock()
+	if err != nil {
+		l.Remove(id)
+	} else {
+		l.Add(id, data) // marks it checked
+	}
+	mu.Unlock()
+	return err
 }
 
 // Remove drops id.
