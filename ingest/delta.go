@@ -460,7 +460,7 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 				continue
 			}
 			base := store.Base{ID: b.id, Data: bd}
-			if k := neighbourSpan(len(data)); len(bd) > k {
+			if k := neighbourSpan(len(data)); k > 0 && len(bd) > k {
 				// A neighbour holds content that crossed its boundary with
 				// the best base: the end next to that boundary.
 				switch i {

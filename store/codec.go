@@ -243,7 +243,7 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 	}
 	w := Written{Encoding: EncZstdDelta, Level: max(c.levelNum, 3)}
 	for _, b := range bases {
-		if b.Off < 0 || b.Len < 0 || b.Off+b.Len > len(b.Data) {
+		if b.Off < 0 || b.Len < 0 || b.Off+b.Len > len(b.Data) || (b.Len == 0 && b.Off != 0) {
 			return nil, Written{}, fmt.Errorf("delta base %s: range %d+%d outside its %d bytes", b.ID, b.Off, b.Len, len(b.Data))
 		}
 		if b.ranged() {

@@ -233,8 +233,10 @@ func TestChunksMultiDelta(t *testing.T) {
 	if _, err := c.Get(ctx, nextID); !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "outside its") {
 		t.Errorf("range past its base: %v, want ErrCorrupt naming the range", err)
 	}
-	if _, _, err := c.EncodeDelta(next, []store.Base{{ID: aID, Data: a, Off: 50 << 10, Len: 60 << 10}}); err == nil {
-		t.Error("EncodeDelta took a range past its base's bytes")
+	for _, r := range [][2]int{{50 << 10, 60 << 10}, {-1, 10}, {5, 0}} {
+		if _, _, err := c.EncodeDelta(next, []store.Base{{ID: aID, Data: a, Off: r[0], Len: r[1]}, {ID: bID, Data: b, Len: 10}}); err == nil {
+			t.Errorf("EncodeDelta took the range %d+%d of a %d-byte base", r[0], r[1], len(a))
+		}
 	}
 	for _, hdr := range [][]byte{
 		append([]byte{1, byte(store.EncZstdRangeDelta), 2}, aID[:]...),                                    // no range
