@@ -89,7 +89,7 @@ func TestBaseCacheChecksWhatItReturns(t *testing.T) {
 	if got, err := bc.get(ctx, halfID); err != nil || !bytes.Equal(got, half) {
 		t.Fatalf("chunk decoded with a base damaged where it is not used: %v", err)
 	}
-	if !bc.lru.Unchecked(baseID) {
+	if _, checked, ok := bc.lru.Lookup(baseID); !ok || checked {
 		t.Fatal("the base was not loaded unchecked")
 	}
 	for range 2 {

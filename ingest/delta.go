@@ -186,34 +186,23 @@ func newBaseCache(c *store.Chunks, max int64) *baseCache {
 // checked, and what a delta is encoded against is always a chunk asked for.
 // A chunk loaded unchecked is checked when it is asked for itself.
 func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
-	forBase := store.BaseLoad(ctx)
 	b.mu.Lock()
-	data, ok := b.lru.Get(id)
-	unchecked := ok && b.lru.Unchecked(id)
+	data, checked, ok := b.lru.Lookup(id)
 	b.mu.Unlock()
-	if ok && unchecked && !forBase {
-		if err := store.CheckCached(&b.mu, b.lru, id, data); err != nil {
-			return nil, err
-		}
-	}
 	if ok {
+		if !checked && !store.BaseLoad(ctx) {
+			if err := store.CheckCached(&b.mu, b.lru, id, data); err != nil {
+				return nil, err
+			}
+		}
 		return data, nil
 	}
-	var err error
-	if forBase {
-		data, err = b.chunks.GetBaseWith(ctx, id, b.get)
-	} else {
-		data, err = b.chunks.GetWith(ctx, id, b.get)
-	}
+	data, checked, err := b.chunks.Load(ctx, id, b.get)
 	if err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
-	if forBase {
-		b.lru.AddUnchecked(id, data)
-	} else {
-		b.lru.Add(id, data)
-	}
+	b.lru.Keep(id, data, checked)
 	b.mu.Unlock()
 	return data, nil
 }
@@ -433,10 +422,6 @@ func (di *deltaIndex) candidates(m match, n int) []int {
 	return append(extra, m.best)
 }
 
-// encodeChunk returns the blob to store for data: the delta against the best
-// base when it beats plain zstd by the configured margin, else plain zstd.
-// A delta of 1/20 of the chunk or less is taken without trying plain zstd,
-// which on real data does not compress that well.
 // encodeChunk returns the blob to store for data, its description and delta
 // depth, and its similarity keys (nil unless delta search is on). The
 // chunk's features are sampled once, for all three uses. di is nil only

@@ -16,7 +16,7 @@ import (
 // Cache is a bounded in-memory LRU of chunk bytes in front of a
 // *store.Chunks. Concurrent misses for one chunk share one load. Delta bases
 // are loaded through the cache too, without checking their BLAKE3
-// (store.Chunks.GetBaseWith): the chunk decoded with them is checked, and a
+// (store.Chunks.Load): the chunk decoded with them is checked, and a
 // base's own bytes are checked the first time they are asked for as a chunk.
 // Every chunk Chunk returns to a caller other than a delta decoding is
 // verified. Safe for concurrent use.
@@ -89,11 +89,10 @@ func NewCache(c *store.Chunks, maxBytes int64) *Cache {
 func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	forBase := store.BaseLoad(ctx)
 	c.mu.Lock()
-	if data, ok := c.lru.Get(id); ok {
-		unchecked := c.lru.Unchecked(id)
+	if data, checked, ok := c.lru.Lookup(id); ok {
 		c.mu.Unlock()
 		c.Hits.Add(1)
-		if unchecked && !forBase {
+		if !checked && !forBase {
 			return c.check(id, data)
 		}
 		return data, nil
@@ -140,12 +139,7 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	// Load without the caller's cancellation so that waiters sharing this
 	// load are not failed by the first caller going away.
 	lctx := context.WithValue(context.WithoutCancel(ctx), curLoadKey{}, l)
-	if forBase {
-		l.data, l.err = c.chunks.GetBaseWith(lctx, id, c.Chunk)
-	} else {
-		l.data, l.err = c.chunks.GetWith(lctx, id, c.Chunk)
-		l.verified = true
-	}
+	l.data, l.verified, l.err = c.chunks.Load(lctx, id, c.Chunk)
 	if errors.Is(l.err, store.ErrCorrupt) {
 		l.err = c.blameBases(l.err)
 	}
@@ -156,11 +150,7 @@ func (c *Cache) Chunk(ctx context.Context, id chunker.ID) ([]byte, error) {
 	}
 	if l.err == nil {
 		c.markPresentLocked(id)
-		if l.verified {
-			c.lru.Add(id, l.data)
-		} else {
-			c.lru.AddUnchecked(id, l.data)
-		}
+		c.lru.Keep(id, l.data, l.verified)
 	}
 	c.mu.Unlock()
 	close(l.done)

@@ -418,7 +418,8 @@ func BlobHeader(blob []byte) (enc Encoding, bases []BaseRef, payload []byte, err
 	return enc, bases, payload, nil
 }
 
-// BaseFunc returns the verified bytes of a base chunk, for decoding deltas.
+// BaseFunc returns the bytes of a base chunk, for decoding deltas; they may
+// be unchecked (see Load), since the chunk decoded with them is checked.
 // Reassembly passes one that goes through its cache. Its context says how
 // deep in the delta chain that base sits; a BaseFunc that decodes through
 // Get, GetWith or Blob with that context keeps the count, so chains stay
@@ -459,14 +460,17 @@ func (c *Chunks) GetWith(ctx context.Context, id chunker.ID, base BaseFunc) ([]b
 	return c.get(ctx, id, base, chainDepth(ctx), true)
 }
 
-// GetBaseWith is GetWith for a chunk wanted only as the dictionary of a
-// delta being read: its bytes are not checked against id. The chunk decoded
-// with them is, so a damaged base still fails that chunk as corrupt, but the
-// bytes themselves must pass Verify before they are served, cached as
-// verified, or encoded against. On a cold read of a delta chain this spares
-// the BLAKE3 of every chunk but the one asked for.
-func (c *Chunks) GetBaseWith(ctx context.Context, id chunker.ID, base BaseFunc) ([]byte, error) {
-	return c.get(ctx, id, base, chainDepth(ctx), false)
+// Load is GetWith for a cache of decoded chunks that is also the BaseFunc
+// of its own loads. Asked for a delta base (BaseLoad(ctx)), the bytes are
+// not checked against id, and checked is false: the chunk decoded with them
+// is checked, so a damaged base still fails that chunk as corrupt, but the
+// bytes themselves must pass Verify before they are served or encoded
+// against. On a cold read of a delta chain this spares the BLAKE3 of every
+// chunk but the one asked for.
+func (c *Chunks) Load(ctx context.Context, id chunker.ID, base BaseFunc) (data []byte, checked bool, err error) {
+	checked = !BaseLoad(ctx)
+	data, err = c.get(ctx, id, base, chainDepth(ctx), checked)
+	return data, checked, err
 }
 
 func (c *Chunks) get(ctx context.Context, id chunker.ID, baseFn BaseFunc, depth int, verify bool) ([]byte, error) {

@@ -28,6 +28,17 @@ func NewLRU(maxBytes int64) *LRU {
 	return &LRU{max: maxBytes, order: list.New(), entries: map[chunker.ID]*list.Element{}}
 }
 
+// Lookup is Get that also says whether the bytes were checked against id.
+func (l *LRU) Lookup(id chunker.ID) (data []byte, checked, ok bool) {
+	el, ok := l.entries[id]
+	if !ok {
+		return nil, false, false
+	}
+	l.order.MoveToFront(el)
+	e := el.Value.(*lruEntry)
+	return e.data, !e.unchecked, true
+}
+
 // Get returns id's bytes and marks them recently used.
 func (l *LRU) Get(id chunker.ID) ([]byte, bool) {
 	el, ok := l.entries[id]
@@ -43,16 +54,31 @@ func (l *LRU) Has(id chunker.ID) bool { _, ok := l.entries[id]; return ok }
 
 // Add keeps data, verified, as id's bytes, evicting the least recently used
 // beyond the bound.
-func (l *LRU) Add(id chunker.ID, data []byte) { l.add(id, data, false) }
+func (l *LRU) Add(id chunker.ID, data []byte) { l.Keep(id, data, true) }
 
-// AddUnchecked is Add for bytes not checked against id: a delta base loaded
-// only as a dictionary (Chunks.GetBaseWith). Check them before any other use.
-func (l *LRU) AddUnchecked(id chunker.ID, data []byte) { l.add(id, data, true) }
-
-// Unchecked reports whether id is kept with bytes not yet checked.
-func (l *LRU) Unchecked(id chunker.ID) bool {
-	el, ok := l.entries[id]
-	return ok && el.Value.(*lruEntry).unchecked
+// Keep is Add for bytes that were checked against id or not (a delta base
+// loaded only as a dictionary, Chunks.Load): unchecked ones must pass
+// CheckCached before any other use. Keeping checked bytes of a chunk kept
+// unchecked marks it checked.
+func (l *LRU) Keep(id chunker.ID, data []byte, checked bool) {
+	if el, ok := l.entries[id]; ok {
+		if checked {
+			el.Value.(*lruEntry).unchecked = false
+		}
+		return
+	}
+	if l.max <= 0 || int64(len(data)) > l.max/4 {
+		return
+	}
+	l.entries[id] = l.order.PushFront(&lruEntry{id: id, data: data, unchecked: !checked})
+	l.bytes += int64(len(data))
+	for l.bytes > l.max {
+		el := l.order.Back()
+		e := el.Value.(*lruEntry)
+		l.order.Remove(el)
+		delete(l.entries, e.id)
+		l.bytes -= int64(len(e.data))
+	}
 }
 
 // UncheckedIDs returns the chunks kept with bytes not yet checked.
@@ -87,27 +113,6 @@ func (l *LRU) Remove(id chunker.ID) {
 		l.order.Remove(el)
 		delete(l.entries, id)
 		l.bytes -= int64(len(el.Value.(*lruEntry).data))
-	}
-}
-
-func (l *LRU) add(id chunker.ID, data []byte, unchecked bool) {
-	if el, ok := l.entries[id]; ok {
-		if !unchecked { // now checked
-			el.Value.(*lruEntry).unchecked = false
-		}
-		return
-	}
-	if l.max <= 0 || int64(len(data)) > l.max/4 {
-		return
-	}
-	l.entries[id] = l.order.PushFront(&lruEntry{id: id, data: data, unchecked: unchecked})
-	l.bytes += int64(len(data))
-	for l.bytes > l.max {
-		el := l.order.Back()
-		e := el.Value.(*lruEntry)
-		l.order.Remove(el)
-		delete(l.entries, e.id)
-		l.bytes -= int64(len(e.data))
 	}
 }
 
