@@ -116,7 +116,7 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				r, err := chunks.Recode(cctx, c.ID, opts.Encoder, nil)
+				r, err := chunks.Recode(cctx, c.ID, opts.Encoder)
 				if err != nil && cctx.Err() != nil {
 					return
 				}

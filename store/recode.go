@@ -137,9 +137,9 @@ var ErrNoReplace = errors.New("store cannot replace blobs")
 // the new one is smaller. The new payload is decoded by the read path's own
 // decoder (decodePayload) and checked against the chunk's ID before it
 // replaces the old one, so a recompression can never store bytes that do not
-// read back. Bases are loaded once, through base (Get if nil). A raw chunk
-// that now compresses becomes plain zstd.
-func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, base BaseFunc) (Recoded, error) {
+// read back. Bases are loaded once, verified, since the new frame is
+// encoded against them. A raw chunk that now compresses becomes plain zstd.
+func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder) (Recoded, error) {
 	r, ok := c.store.(Replacer)
 	if !ok {
 		return Recoded{}, ErrNoReplace
@@ -154,7 +154,7 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, ba
 	}
 	// The bases are loaded once: to read the chunk, as the new frame's
 	// dictionary, and to read that frame back.
-	dict, pooled, err := c.baseDict(ctx, kind, bases, base, chainDepth(ctx))
+	dict, pooled, err := c.baseDict(ctx, kind, bases, nil, chainDepth(ctx))
 	if err != nil {
 		return Recoded{}, fmt.Errorf("chunk %s: %w", id, err)
 	}

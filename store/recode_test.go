@@ -80,7 +80,7 @@ func TestRecode(t *testing.T) {
 				{"range-delta", threeID, three, store.EncZstdRangeDelta, []chunker.ID{aID, bID}},
 			} {
 				before := storetest.ReadBlob(t, d, tc.id)
-				r, err := c.Recode(ctx, tc.id, enc, nil)
+				r, err := c.Recode(ctx, tc.id, enc)
 				if err != nil {
 					t.Fatalf("%s: %v", tc.name, err)
 				}
@@ -99,11 +99,11 @@ func TestRecode(t *testing.T) {
 					t.Fatalf("%s: Get after Recode: %v", tc.name, err)
 				}
 				// Again: nothing smaller to gain, nothing rewritten.
-				if r2, err := c.Recode(ctx, tc.id, enc, nil); err != nil || r2.Replaced {
+				if r2, err := c.Recode(ctx, tc.id, enc); err != nil || r2.Replaced {
 					t.Errorf("%s: second Recode: %+v, %v; want no rewrite", tc.name, r2, err)
 				}
 			}
-			if r, err := c.Recode(ctx, rawID, enc, nil); err != nil || r.Replaced || r.Encoding != store.EncRaw {
+			if r, err := c.Recode(ctx, rawID, enc); err != nil || r.Replaced || r.Encoding != store.EncRaw {
 				t.Errorf("incompressible raw chunk: %+v, %v; want it left raw", r, err)
 			}
 		})
@@ -152,34 +152,34 @@ func TestRecodeFailsClosed(t *testing.T) {
 			t.Errorf("%s: blob changed", name)
 		}
 	}
-	if _, err := c.Recode(ctx, nextID, wrongFrames{enc}, nil); err == nil {
+	if _, err := c.Recode(ctx, nextID, wrongFrames{enc}); err == nil {
 		t.Error("frame decoding to other bytes: no error")
 	}
 	unchanged("wrong frame", nextID, blob)
 	plainBlob := storetest.ReadBlob(t, d, baseID)
-	if _, err := c.Recode(ctx, baseID, wrongFrames{enc}, nil); err == nil {
+	if _, err := c.Recode(ctx, baseID, wrongFrames{enc}); err == nil {
 		t.Error("plain frame decoding to other bytes: no error")
 	}
 	unchanged("wrong plain frame", baseID, plainBlob)
 
 	c2, _ := store.NewChunks(noReplace{d}, store.ChunksOptions{})
-	if _, err := c2.Recode(ctx, baseID, enc, nil); !errors.Is(err, store.ErrNoReplace) {
+	if _, err := c2.Recode(ctx, baseID, enc); !errors.Is(err, store.ErrNoReplace) {
 		t.Errorf("store without Replace: %v, want ErrNoReplace", err)
 	}
 
 	bad, _ := c.Encode(textBytes(100<<10, 23))
 	d.Delete(ctx, baseID)
 	d.Put(ctx, baseID, bad)
-	if _, err := c.Recode(ctx, nextID, enc, nil); !errors.Is(err, store.ErrCorrupt) {
+	if _, err := c.Recode(ctx, nextID, enc); !errors.Is(err, store.ErrCorrupt) {
 		t.Errorf("damaged base: %v, want ErrCorrupt", err)
 	}
 	unchanged("damaged base", nextID, blob)
-	if _, err := c.Recode(ctx, baseID, enc, nil); !errors.Is(err, store.ErrCorrupt) {
+	if _, err := c.Recode(ctx, baseID, enc); !errors.Is(err, store.ErrCorrupt) {
 		t.Errorf("damaged blob: %v, want ErrCorrupt", err)
 	}
 	unchanged("damaged blob", baseID, bad)
 	d.Delete(ctx, baseID)
-	if _, err := c.Recode(ctx, nextID, enc, nil); !errors.Is(err, store.ErrNotFound) {
+	if _, err := c.Recode(ctx, nextID, enc); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("missing base: %v, want ErrNotFound", err)
 	}
 	unchanged("missing base", nextID, blob)
@@ -255,7 +255,7 @@ func BenchmarkRecode(b *testing.B) {
 					}
 					b.StartTimer()
 					for _, id := range ids {
-						r, err := c.Recode(ctx, id, enc, nil)
+						r, err := c.Recode(ctx, id, enc)
 						if err != nil {
 							b.Fatal(err)
 						}
