@@ -15,8 +15,7 @@ import (
 // bases, their bases...) and returns verified bytes.
 func TestBaseCacheChain(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	v := [][]byte{storetest.RandomBytes(64<<10, 1)}
 	for i := 1; i < 4; i++ {
 		next := append([]byte(nil), v[i-1]...)
@@ -60,8 +59,7 @@ func TestBaseCacheChain(t *testing.T) {
 // as corrupt instead of recursing forever.
 func TestBaseCacheCycleFails(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	aID, _ := storetest.DeltaCycle(t, d, c)
 	storetest.FailsCorrupt(t, "cycle of delta bases", func() error { _, err := newBaseCache(c, 1<<20).get(ctx, aID); return err })
 }
@@ -71,8 +69,7 @@ func TestBaseCacheCycleFails(t *testing.T) {
 // encode against: a damaged one fails then, and is not kept.
 func TestBaseCacheChecksWhatItReturns(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	base := storetest.RandomBytes(64<<10, 1) // stored raw: damage decodes silently
 	baseID := chunker.Sum(base)
 	c.Put(ctx, baseID, base)

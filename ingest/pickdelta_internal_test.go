@@ -29,7 +29,7 @@ func words(n int, seed uint64) []byte {
 // encoding where the delta clearly wins), across deltas from clear wins to
 // clear losses; a delta that loses to plain is never kept.
 func TestPickDeltaEstimate(t *testing.T) {
-	c, _ := store.NewChunks(storetest.Dir(t), store.ChunksOptions{Level: 3})
+	_, c := storetest.Chunks(t, store.ChunksOptions{Level: 3})
 	in := &Ingester{chunks: c, opts: Options{DeltaMargin: 0.2}}
 	const size = 256 << 10
 	// Half words, half random bytes: plain zstd stores about 60% of it.

@@ -20,8 +20,7 @@ import (
 // that chunk as corrupt, naming the base.
 func TestCacheChecksBasesBeforeServingThem(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	// Random bytes are stored raw, so damage to them decodes silently.
 	base := storetest.RandomBytes(64<<10, 1)
 	baseID := chunker.Sum(base)

@@ -15,8 +15,7 @@ import (
 // is waiting for it.
 func TestCacheDeltaCycleFails(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	aID, bID := storetest.DeltaCycle(t, d, c)
 	for _, maxBytes := range []int64{0, 64 << 20} {
 		storetest.FailsCorrupt(t, fmt.Sprintf("cache of %d bytes, a cycle of delta bases", maxBytes),

@@ -22,7 +22,7 @@ import (
 func TestRunResumesAndLimits(t *testing.T) {
 	ctx := context.Background()
 	ix := indextest.SQLite(t)
-	c, _ := store.NewChunks(storetest.Dir(t), store.ChunksOptions{Level: 1})
+	_, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
 	var (
 		data  [][]byte
 		recs  []index.Chunk

@@ -45,8 +45,7 @@ func TestRecode(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			enc := newEnc(t)
-			d := storetest.Dir(t)
-			c, _ := store.NewChunks(d, store.ChunksOptions{Level: 1})
+			d, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
 			a, b := textBytes(200<<10, 11), textBytes(200<<10, 12)
 			aID, bID := chunker.Sum(a), chunker.Sum(b)
 			c.Put(ctx, aID, a)
@@ -137,8 +136,7 @@ type noReplace struct{ store.Store }
 func TestRecodeFailsClosed(t *testing.T) {
 	ctx := context.Background()
 	enc, _ := store.NewFrameEncoder(11, "go")
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{Level: 1})
+	d, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
 	base := textBytes(100<<10, 21)
 	next := append(append([]byte(nil), base[:50<<10]...), textBytes(50<<10, 22)...)
 	baseID, nextID := chunker.Sum(base), chunker.Sum(next)

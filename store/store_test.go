@@ -116,8 +116,7 @@ func TestChunksRoundTripAndEncodingChoice(t *testing.T) {
 
 func TestChunksDelta(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	base := storetest.RandomBytes(200<<10, 3)
 	next := append([]byte(nil), base...)
 	copy(next[5000:], "a small edit in the middle of an otherwise identical chunk")
@@ -156,8 +155,7 @@ func TestChunksDelta(t *testing.T) {
 		}
 	})
 	t.Run("ChainDeeperThanLimit", func(t *testing.T) {
-		d2 := storetest.Dir(t)
-		c2, _ := store.NewChunks(d2, store.ChunksOptions{MaxDeltaDepth: 1})
+		d2, c2 := storetest.Chunks(t, store.ChunksOptions{MaxDeltaDepth: 1})
 		c2.Put(ctx, baseID, base)
 		b1, _, _ := c2.EncodeDelta(next, []store.Base{{ID: baseID, Data: base}})
 		d2.Put(ctx, nextID, b1)
@@ -175,8 +173,7 @@ func TestChunksDelta(t *testing.T) {
 // decodes from both, in order; a missing or damaged second base fails it.
 func TestChunksMultiDelta(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	a, b := storetest.RandomBytes(100<<10, 7), storetest.RandomBytes(100<<10, 8)
 	aID, bID := chunker.Sum(a), chunker.Sum(b)
 	c.Put(ctx, aID, a)
@@ -265,8 +262,7 @@ func TestChunksMultiDelta(t *testing.T) {
 
 func TestChunksDetectCorruption(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	data := textBytes(64<<10, 5)
 	id := chunker.Sum(data)
 	other := textBytes(64<<10, 6)
@@ -327,8 +323,7 @@ func BenchmarkDirPut(b *testing.B) {
 // time: many deltas against different bases, concurrently, all round-trip.
 func TestChunksDeltaCodersReused(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	// Decoded chunks are checked again once every goroutine is done: a
@@ -387,8 +382,7 @@ func TestChunksDeltaCodersReused(t *testing.T) {
 // corrupt instead of recursing forever.
 func TestChunksDeltaDepthBoundThroughBaseFunc(t *testing.T) {
 	ctx := context.Background()
-	d := storetest.Dir(t)
-	c, _ := store.NewChunks(d, store.ChunksOptions{})
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
 	a, _ := storetest.DeltaCycle(t, d, c)
 	calls := 0
 	var load store.BaseFunc

@@ -200,6 +200,18 @@ func Dir(t testing.TB) *store.Dir {
 	return d
 }
 
+// Chunks opens an empty directory store (as Dir) and a store.Chunks over it
+// with o.
+func Chunks(t testing.TB, o store.ChunksOptions) (*store.Dir, *store.Chunks) {
+	t.Helper()
+	d := Dir(t)
+	c, err := store.NewChunks(d, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, c
+}
+
 // ReadBlob returns the blob stored under id, as stored.
 func ReadBlob(t testing.TB, s store.Store, id chunker.ID) []byte {
 	t.Helper()
