@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"testing"
 
 	"github.com/narstore/narstore/chunker"
@@ -96,5 +97,75 @@ func TestBaseCacheChecksWhatItReturns(t *testing.T) {
 	}
 	if bc.lru.Has(baseID) {
 		t.Error("the damaged base is still cached")
+	}
+}
+
+// Predecessor chunks the delta index decoded come back from the spill
+// file, not by decoding their chains again; a spilled copy that no longer
+// hashes to its id is dropped and the chunk is decoded from the store.
+func TestBaseCacheSpill(t *testing.T) {
+	ctx := context.Background()
+	d, c := storetest.Chunks(t, store.ChunksOptions{})
+	v := [][]byte{storetest.RandomBytes(64<<10, 1), storetest.RandomBytes(64<<10, 2), storetest.RandomBytes(64<<10, 3)}
+	ids := make([]chunker.ID, len(v))
+	for i := range v {
+		ids[i] = chunker.Sum(v[i])
+		if _, err := c.Put(ctx, ids[i], v[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	sp, err := newSpill(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := newBaseCache(c, 64<<10) // keeps one chunk: the others must come from the spill or the store
+	bc.spill = sp
+	defer bc.close()
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Fatalf("spill file left in its directory: %v", left)
+	}
+	for i := range v {
+		bc.keep(ids[i], v[i])
+	}
+	bc.keep(ids[0], v[0]) // kept once
+	if sp.size != 3*64<<10 {
+		t.Fatalf("spill holds %d bytes, want %d", sp.size, 3*64<<10)
+	}
+	// Gone from the store, chunks 0 and 1 still come back intact: from the spill.
+	for _, i := range []int{0, 1} {
+		if err := d.Delete(ctx, ids[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, i := range []int{0, 1, 0} {
+		got, err := bc.get(ctx, ids[i])
+		if err != nil || !bytes.Equal(got, v[i]) {
+			t.Fatalf("chunk %d from the spill: %v", i, err)
+		}
+	}
+	// A damaged spilled copy is never returned: chunk 2 decodes from the
+	// store instead, and chunk 1 (no longer in the store) fails.
+	for _, i := range []int{1, 2} {
+		bc.lru.Remove(ids[i])
+		if _, err := sp.f.WriteAt([]byte("damage"), sp.at[ids[i]].off+100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := bc.get(ctx, ids[2])
+	if err != nil || !bytes.Equal(got, v[2]) {
+		t.Fatalf("chunk 2 with a damaged spilled copy: %v", err)
+	}
+	if _, ok := sp.at[ids[2]]; ok {
+		t.Error("damaged spilled copy still listed")
+	}
+	if got, err := bc.get(ctx, ids[1]); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("chunk 1, damaged in the spill and gone from the store: got %d bytes, err %v; want ErrNotFound", len(got), err)
+	}
+	// Closed, the cache works without it.
+	bc.close()
+	bc.lru.Remove(ids[2])
+	if got, err := bc.get(ctx, ids[2]); err != nil || !bytes.Equal(got, v[2]) {
+		t.Fatalf("after close: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -174,10 +175,99 @@ type baseCache struct {
 	chunks *store.Chunks
 	mu     sync.Mutex
 	lru    *store.LRU
+	spill  *spill // nil: none
 }
 
 func newBaseCache(c *store.Chunks, max int64) *baseCache {
 	return &baseCache{chunks: c, lru: store.NewLRU(max)}
+}
+
+// maxSpillBytes bounds one NAR's spill file (see spill).
+const maxSpillBytes = 8 << 30
+
+// spill keeps the predecessor chunks newDeltaIndex decodes, in an unlinked
+// temporary file, for the encoding pass to read back. The cache holds only
+// baseCacheBytes, so without it every predecessor chunk a delta is encoded
+// against was decoded twice, its whole delta chain each time: on the large
+// corpus a fifth of a delta bump's ingest CPU. Read-backs are checked
+// against the chunk's BLAKE3; one that fails, like any spill error, falls
+// back to decoding from the store.
+type spill struct {
+	f    *os.File
+	at   map[chunker.ID]spillRef
+	size int64
+}
+
+type spillRef struct {
+	off int64
+	n   int
+}
+
+// newSpill creates an unlinked file in dir (os.TempDir if empty).
+func newSpill(dir string) (*spill, error) {
+	f, err := os.CreateTemp(dir, "narstore-bases-*")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &spill{f: f, at: map[chunker.ID]spillRef{}}, nil
+}
+
+// keep spills a checked chunk; on a write error or past maxSpillBytes the
+// spill takes no more, and reads of what it has go on.
+func (b *baseCache) keep(id chunker.ID, data []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sp := b.spill
+	if sp == nil || sp.size+int64(len(data)) > maxSpillBytes {
+		return
+	}
+	if _, ok := sp.at[id]; ok {
+		return
+	}
+	if _, err := sp.f.WriteAt(data, sp.size); err != nil {
+		sp.size = maxSpillBytes // full or failing: take no more
+		return
+	}
+	sp.at[id] = spillRef{sp.size, len(data)}
+	sp.size += int64(len(data))
+}
+
+// fromSpill returns chunk id's bytes from the spill, checked; ok is false if
+// the spill does not have them intact (a damaged entry is dropped).
+func (b *baseCache) fromSpill(id chunker.ID) (data []byte, ok bool) {
+	b.mu.Lock()
+	sp := b.spill
+	var ref spillRef
+	if sp != nil {
+		ref, ok = sp.at[id]
+	}
+	b.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	data = make([]byte, ref.n)
+	if _, err := sp.f.ReadAt(data, ref.off); err != nil || chunker.Sum(data) != id {
+		b.mu.Lock()
+		delete(sp.at, id)
+		b.mu.Unlock()
+		return nil, false
+	}
+	return data, true
+}
+
+// close removes the spill; the cache still works without it.
+func (b *baseCache) close() {
+	b.mu.Lock()
+	sp := b.spill
+	b.spill = nil
+	b.mu.Unlock()
+	if sp != nil {
+		sp.f.Close()
+	}
 }
 
 // get returns chunk id's verified bytes. Bases of bases load through the
@@ -185,7 +275,7 @@ func newBaseCache(c *store.Chunks, max int64) *baseCache {
 // own BLAKE3: they only serve to decode the chunk asked for, which is
 // checked, and what a delta is encoded against is always a chunk asked for.
 // A chunk loaded unchecked is checked when it is asked for itself.
-func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
+func (b *baseCache) get(ctx context.Context, id chunker.ID) (_ []byte, err error) {
 	b.mu.Lock()
 	data, checked, ok := b.lru.Lookup(id)
 	b.mu.Unlock()
@@ -197,8 +287,9 @@ func (b *baseCache) get(ctx context.Context, id chunker.ID) ([]byte, error) {
 		}
 		return data, nil
 	}
-	data, checked, err := b.chunks.Load(ctx, id, b.get)
-	if err != nil {
+	if spilled, ok := b.fromSpill(id); ok {
+		data, checked = spilled, true
+	} else if data, checked, err = b.chunks.Load(ctx, id, b.get); err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
@@ -215,6 +306,11 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	di := &deltaIndex{cache: newBaseCache(in.chunks, baseCacheBytes)}
 	if pred == nil {
 		return di
+	}
+	if sp, err := newSpill(in.opts.TempDir); err == nil {
+		di.cache.spill = sp
+	} else if in.opts.Logger != nil {
+		in.opts.Logger.Warn("no spill file for delta bases; their chains are decoded twice", "dir", in.opts.TempDir, "err", err)
 	}
 	seen := map[chunker.ID]bool{}
 	var ids []chunker.ID
@@ -242,6 +338,7 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 			continue
 		}
 		di.bases[idx].usable = true
+		di.cache.keep(id, data)
 		clear(feats)
 		features(data, feats)
 		for f := range feats {

@@ -60,6 +60,9 @@ type Options struct {
 	ChunkWorkers   int // encode/store workers per NAR; 0 means GOMAXPROCS
 	XZ             XZDecoder
 	Logger         *slog.Logger // nil: silent
+	// TempDir holds delta ingest's spill files (decoded predecessor chunks,
+	// unlinked, up to the predecessor NAR's size each); "" means os.TempDir.
+	TempDir string
 	// Normalize replaces reference hashes with a placeholder before chunking
 	// (refnorm), so rebuilds that differ only in store hashes dedup.
 	Normalize bool
@@ -454,6 +457,7 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 			}
 		}
 		di = in.newDeltaIndex(ctx, pred)
+		defer di.cache.close()
 	}
 	var (
 		mu        sync.Mutex

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"os"
 
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/store"
@@ -41,4 +42,14 @@ func (c *dedupConfig) check() error {
 func (c *dedupConfig) options(o ingest.Options) ingest.Options {
 	o.Normalize, o.Delta, o.SimilarSearch, o.DeltaBases, o.MaxDeltaDepth = c.normalize, c.delta, c.similar, c.bases, c.depth
 	return o
+}
+
+// spillDir is where delta ingest keeps its spill files: the data directory
+// if there is one (where the operator gave the cache disk space; /tmp may be
+// RAM), else "" for the system's temporary directory.
+func spillDir(data string) string {
+	if fi, err := os.Stat(data); err == nil && fi.IsDir() {
+		return data
+	}
+	return ""
 }

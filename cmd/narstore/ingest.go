@@ -83,7 +83,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 		defer closeAll()
 		in, err := ingest.New(up, ix, chunks, dedup.options(ingest.Options{
 			Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Jobs: *jobs, ChunkWorkers: *workers,
-			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Locker: locker, LockTTL: locks.ttl,
+			XZ: ingest.XZDecoder(*xzImpl), Logger: env.log, Locker: locker, LockTTL: locks.ttl, TempDir: spillDir(env.data),
 		}))
 		if err != nil {
 			return err

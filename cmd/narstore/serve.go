@@ -89,7 +89,7 @@ func setupServe(fs *flag.FlagSet) runFunc {
 		}
 		defer closeAll()
 		in, err := ingest.New(up, ix, chunks, dedup.options(ingest.Options{Preset: p, Keys: pk, AllowUntrusted: *allowUntrusted, Logger: env.log,
-			Locker: locker, LockTTL: locks.ttl}))
+			Locker: locker, LockTTL: locks.ttl, TempDir: spillDir(env.data)}))
 		if err != nil {
 			return err
 		}
