@@ -89,7 +89,11 @@ func TestNormalizedAndDeltaNARsAreByteExact(t *testing.T) {
 
 	e := newEnv(t)
 	e.cache = plain.cache
-	res := ingestAll(t, e, vs, func(o *ingest.Options) { o.Normalize, o.Delta = true, true })
+	spills := t.TempDir()
+	res := ingestAll(t, e, vs, func(o *ingest.Options) { o.Normalize, o.Delta, o.TempDir = true, true, spills })
+	if left, err := os.ReadDir(spills); err != nil || len(left) != 0 {
+		t.Errorf("delta ingest left %v in its spill directory (%v)", left, err)
+	}
 
 	for i, v := range vs {
 		if got := e.readBack(t, v.ni); string(got) != string(v.nar) {
