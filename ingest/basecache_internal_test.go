@@ -132,6 +132,16 @@ func TestBaseCacheSpill(t *testing.T) {
 	if sp.size != 3*64<<10 {
 		t.Fatalf("spill holds %d bytes, want %d", sp.size, 3*64<<10)
 	}
+	if sp.limit <= sp.size || sp.limit > maxSpillBytes {
+		t.Fatalf("spill limit %d: want it above what it holds and at most %d", sp.limit, maxSpillBytes)
+	}
+	lim := sp.limit
+	sp.limit = sp.size + 64<<10 - 1 // one byte short of another chunk
+	bc.keep(chunker.Sum([]byte("another")), storetest.RandomBytes(64<<10, 4))
+	if sp.size != 3*64<<10 || len(sp.at) != 3 {
+		t.Fatalf("spill took a chunk past its limit: %d bytes, %d chunks", sp.size, len(sp.at))
+	}
+	sp.limit = lim
 	// Gone from the store, chunks 0 and 1 still come back intact: from the spill.
 	for _, i := range []int{0, 1} {
 		if err := d.Delete(ctx, ids[i]); err != nil {

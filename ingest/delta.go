@@ -12,6 +12,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/store"
+	"golang.org/x/sys/unix"
 )
 
 // Delta encoding: a new chunk is compressed with similar stored chunks of the
@@ -182,7 +183,10 @@ func newBaseCache(c *store.Chunks, max int64) *baseCache {
 	return &baseCache{chunks: c, lru: store.NewLRU(max)}
 }
 
-// maxSpillBytes bounds one NAR's spill file (see spill).
+// maxSpillBytes bounds one NAR's spill file (see spill), as does an eighth
+// of the space free where it is made: the spill shares the disk with the
+// chunk store, which must not run out of space for it, and several NARs
+// (Options.Jobs) may spill at once.
 const maxSpillBytes = 8 << 30
 
 // spill keeps the predecessor chunks newDeltaIndex decodes, in an unlinked
@@ -193,9 +197,10 @@ const maxSpillBytes = 8 << 30
 // against the chunk's BLAKE3; one that fails, like any spill error, falls
 // back to decoding from the store.
 type spill struct {
-	f    *os.File
-	at   map[chunker.ID]spillRef
-	size int64
+	f     *os.File
+	at    map[chunker.ID]spillRef
+	size  int64
+	limit int64 // size it may grow to
 }
 
 type spillRef struct {
@@ -205,6 +210,13 @@ type spillRef struct {
 
 // newSpill creates an unlinked file in dir (os.TempDir if empty).
 func newSpill(dir string) (*spill, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return nil, err
+	}
 	f, err := os.CreateTemp(dir, "narstore-bases-*")
 	if err != nil {
 		return nil, err
@@ -213,23 +225,24 @@ func newSpill(dir string) (*spill, error) {
 		f.Close()
 		return nil, err
 	}
-	return &spill{f: f, at: map[chunker.ID]spillRef{}}, nil
+	free := uint64(st.Bavail) * uint64(st.Bsize)
+	return &spill{f: f, at: map[chunker.ID]spillRef{}, limit: int64(min(free/8, maxSpillBytes))}, nil
 }
 
-// keep spills a checked chunk; on a write error or past maxSpillBytes the
-// spill takes no more, and reads of what it has go on.
+// keep spills a checked chunk; on a write error or past its limit the spill
+// takes no more, and reads of what it has go on.
 func (b *baseCache) keep(id chunker.ID, data []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	sp := b.spill
-	if sp == nil || sp.size+int64(len(data)) > maxSpillBytes {
+	if sp == nil || sp.size+int64(len(data)) > sp.limit {
 		return
 	}
 	if _, ok := sp.at[id]; ok {
 		return
 	}
 	if _, err := sp.f.WriteAt(data, sp.size); err != nil {
-		sp.size = maxSpillBytes // full or failing: take no more
+		sp.limit = 0 // full or failing: take no more
 		return
 	}
 	sp.at[id] = spillRef{sp.size, len(data)}
