@@ -287,7 +287,8 @@ func (b *baseCache) close() {
 // cache too (store.Chunks bounds how deep that goes), without checking their
 // own BLAKE3: they only serve to decode the chunk asked for, which is
 // checked, and what a delta is encoded against is always a chunk asked for.
-// A chunk loaded unchecked is checked when it is asked for itself.
+// A chunk loaded unchecked is checked when it is asked for itself. A chunk
+// the spill holds is read from it (checked) rather than decoded again.
 func (b *baseCache) get(ctx context.Context, id chunker.ID) (_ []byte, err error) {
 	b.mu.Lock()
 	data, checked, ok := b.lru.Lookup(id)
