@@ -192,8 +192,9 @@ const maxSpillBytes = 8 << 30
 // spill keeps the predecessor chunks newDeltaIndex decodes, in an unlinked
 // temporary file, for the encoding pass to read back. The cache holds only
 // baseCacheBytes, so without it every predecessor chunk a delta is encoded
-// against was decoded twice, its whole delta chain each time: on the large
-// corpus a fifth of a delta bump's ingest CPU. Read-backs are checked
+// against was decoded twice, its whole delta chain each time. Bump 5 of the
+// large corpus at one core: decoding was 31% of ingest's profile, 15% with
+// the spill, which took 0.84-0.90 of the user CPU. Read-backs are checked
 // against the chunk's BLAKE3; one that fails, like any spill error, falls
 // back to decoding from the store.
 type spill struct {
@@ -263,7 +264,7 @@ func (b *baseCache) fromSpill(id chunker.ID) (data []byte, ok bool) {
 		return nil, false
 	}
 	data = make([]byte, ref.n)
-	if _, err := sp.f.ReadAt(data, ref.off); err != nil || chunker.Sum(data) != id {
+	if _, err := sp.f.ReadAt(data, ref.off); err != nil || store.Verify(id, data) != nil {
 		b.mu.Lock()
 		delete(sp.at, id)
 		b.mu.Unlock()

@@ -61,7 +61,8 @@ type Options struct {
 	XZ             XZDecoder
 	Logger         *slog.Logger // nil: silent
 	// TempDir holds delta ingest's spill files (decoded predecessor chunks,
-	// unlinked, up to the predecessor NAR's size each); "" means os.TempDir.
+	// unlinked; each up to the predecessor NAR's size, 8 GiB or an eighth of
+	// the space free); "" means os.TempDir.
 	TempDir string
 	// Normalize replaces reference hashes with a placeholder before chunking
 	// (refnorm), so rebuilds that differ only in store hashes dedup.

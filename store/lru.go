@@ -9,8 +9,8 @@ import (
 
 // LRU keeps chunk bytes, most recently used first, up to a byte bound; a
 // chunk larger than a quarter of the bound is not kept. Bytes are verified
-// (they hash to their ID) unless added with AddUnchecked. Not safe for
-// concurrent use: callers hold their own lock.
+// (they hash to their ID) unless kept with Keep(id, data, false). Not safe
+// for concurrent use: callers hold their own lock.
 type LRU struct {
 	max, bytes int64
 	order      *list.List // of *lruEntry, most recent at front
@@ -41,12 +41,8 @@ func (l *LRU) Lookup(id chunker.ID) (data []byte, checked, ok bool) {
 
 // Get returns id's bytes and marks them recently used.
 func (l *LRU) Get(id chunker.ID) ([]byte, bool) {
-	el, ok := l.entries[id]
-	if !ok {
-		return nil, false
-	}
-	l.order.MoveToFront(el)
-	return el.Value.(*lruEntry).data, true
+	data, _, ok := l.Lookup(id)
+	return data, ok
 }
 
 // Has reports whether id is kept, without marking it used.
