@@ -562,3 +562,84 @@ func (p *Postgres) SimilarChunks(ctx context.Context, sims []uint64, limit int) 
 	}
 	return rankSimilar(hits, limit), nil
 }
+
+// Rebase implements Index. The chunk's and its new bases' rows are locked
+// (in ID order, so two rebases cannot deadlock on them) before they are
+// checked, so a concurrent rebase of any of them waits for this one.
+func (p *Postgres) Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (bool, error) {
+	var ok bool
+	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		var err error
+		ok, err = rebase(pgRebase{ctx, tx}, c, old, maxDepth)
+		if err == nil && !ok {
+			return errNoRebase // roll back
+		}
+		return err
+	})
+	if errors.Is(err, errNoRebase) {
+		return false, nil
+	}
+	return ok, err
+}
+
+var errNoRebase = errors.New("not rebased")
+
+type pgRebase struct {
+	ctx context.Context
+	tx  pgx.Tx
+}
+
+func (r pgRebase) rows(ids []chunker.ID, lock bool) (map[chunker.ID]rebaseRow, error) {
+	q := `SELECT id, stored_size, encoding, base_id, depth FROM chunks WHERE id = ANY($1) ORDER BY id`
+	if lock {
+		q += ` FOR UPDATE`
+	}
+	rows, err := r.tx.Query(r.ctx, q, idBytes(ids))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[chunker.ID]rebaseRow{}
+	for rows.Next() {
+		var idb, base []byte
+		var stored int32
+		var enc, depth int16
+		if err := rows.Scan(&idb, &stored, &enc, &base, &depth); err != nil {
+			return nil, err
+		}
+		out[chunker.ID(idb)] = rebaseRow{found: true, storedSize: uint32(stored), encoding: uint8(enc), firstBase: base, depth: uint8(depth)}
+	}
+	return out, rows.Err()
+}
+
+func (r pgRebase) dependents(id chunker.ID) ([]chunker.ID, error) {
+	rows, err := r.tx.Query(r.ctx, `SELECT id FROM chunks WHERE base_id = $1 UNION SELECT chunk_id FROM chunk_bases WHERE base_id = $1`, id[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return collectIDs(rows)
+}
+
+func (r pgRebase) set(c Chunk) error {
+	if _, err := r.tx.Exec(r.ctx, `UPDATE chunks SET stored_size = $1, encoding = $2, base_id = $3, depth = $4, level = $5 WHERE id = $6`,
+		int32(c.StoredSize), int16(c.Encoding), c.Bases[0][:], int16(c.Depth), int16(c.Level), c.ID[:]); err != nil {
+		return err
+	}
+	if _, err := r.tx.Exec(r.ctx, `DELETE FROM chunk_bases WHERE chunk_id = $1`, c.ID[:]); err != nil {
+		return err
+	}
+	if multiBase(c.Encoding) {
+		for i, b := range c.Bases {
+			if _, err := r.tx.Exec(r.ctx, `INSERT INTO chunk_bases (chunk_id, seq, base_id) VALUES ($1, $2, $3)`, c.ID[:], int16(i), b[:]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (r pgRebase) deepen(id chunker.ID, by uint8) error {
+	_, err := r.tx.Exec(r.ctx, `UPDATE chunks SET depth = least(depth + $1, 255) WHERE id = $2`, int16(by), id[:])
+	return err
+}

@@ -625,3 +625,75 @@ func (s *SQLite) SimilarChunks(ctx context.Context, sims []uint64, limit int) ([
 	}
 	return rankSimilar(hits, limit), nil
 }
+
+// Rebase implements Index. The write transaction (BEGIN IMMEDIATE) excludes
+// every other writer, so the rows it checks cannot change under it.
+func (s *SQLite) Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (bool, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
+	ok, err := rebase(sqliteRebase{ctx, tx}, c, old, maxDepth)
+	if err != nil || !ok {
+		return false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+	}
+	return true, nil
+}
+
+type sqliteRebase struct {
+	ctx context.Context
+	tx  *sql.Tx
+}
+
+func (r sqliteRebase) rows(ids []chunker.ID, _ bool) (map[chunker.ID]rebaseRow, error) {
+	out := map[chunker.ID]rebaseRow{}
+	for _, id := range ids {
+		row := rebaseRow{found: true}
+		err := r.tx.QueryRowContext(r.ctx, `SELECT stored_size, encoding, base_id, depth FROM chunks WHERE id = ?`, id[:]).
+			Scan(&row.storedSize, &row.encoding, &row.firstBase, &row.depth)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[id] = row
+	}
+	return out, nil
+}
+
+func (r sqliteRebase) dependents(id chunker.ID) ([]chunker.ID, error) {
+	rows, err := r.tx.QueryContext(r.ctx, `SELECT id FROM chunks WHERE base_id = ? UNION SELECT chunk_id FROM chunk_bases WHERE base_id = ?`, id[:], id[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return collectIDs(rows)
+}
+
+func (r sqliteRebase) set(c Chunk) error {
+	if _, err := r.tx.ExecContext(r.ctx, `UPDATE chunks SET stored_size = ?, encoding = ?, base_id = ?, depth = ?, level = ? WHERE id = ?`,
+		c.StoredSize, c.Encoding, c.Bases[0][:], c.Depth, c.Level, c.ID[:]); err != nil {
+		return err
+	}
+	if _, err := r.tx.ExecContext(r.ctx, `DELETE FROM chunk_bases WHERE chunk_id = ?`, c.ID[:]); err != nil {
+		return err
+	}
+	if multiBase(c.Encoding) {
+		for i, b := range c.Bases {
+			if _, err := r.tx.ExecContext(r.ctx, `INSERT INTO chunk_bases (chunk_id, seq, base_id) VALUES (?, ?, ?)`, c.ID[:], i, b[:]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (r sqliteRebase) deepen(id chunker.ID, by uint8) error {
+	_, err := r.tx.ExecContext(r.ctx, `UPDATE chunks SET depth = min(depth + ?, 255) WHERE id = ?`, by, id[:])
+	return err
+}

@@ -426,6 +426,94 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 	})
 
+	t.Run("Rebase", func(t *testing.T) {
+		ix := newIdx(t)
+		// A chain older -> old (old plain), and a newer release, plain.
+		ni, nar, old := Fixture("rebase-old", 3, 100)
+		ni2, nar2, older := Fixture("rebase-older", 2, 100)
+		older[0].Encoding, older[0].Bases, older[0].Depth = uint8(store.EncZstdDelta), []chunker.ID{old[0].ID}, 1
+		older[1].Encoding, older[1].Bases, older[1].Depth = uint8(store.EncZstdMultiDelta), []chunker.ID{old[1].ID, older[0].ID}, 2
+		ni3, nar3, newer := Fixture("rebase-new", 3, 100)
+		for _, f := range []struct {
+			ni     *narinfo.NarInfo
+			nar    *index.NAR
+			chunks []index.Chunk
+		}{{ni, nar, old}, {ni2, nar2, older}, {ni3, nar3, newer}} {
+			if err := ix.Commit(ctx, f.ni, f.nar, f.chunks); err != nil {
+				t.Fatal(err)
+			}
+		}
+		get := func(id chunker.ID) index.Chunk {
+			t.Helper()
+			got, err := ix.Chunks(ctx, []chunker.ID{id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return got[0]
+		}
+		rebase := func(c, old index.Chunk, maxDepth int) bool {
+			t.Helper()
+			ok, err := ix.Rebase(ctx, c, old, maxDepth)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ok
+		}
+		delta := func(id chunker.ID, enc store.Encoding, size uint32, bases ...chunker.ID) index.Chunk {
+			return index.Chunk{ID: id, Size: 100, StoredSize: size, Encoding: uint8(enc), Bases: bases, Level: 7}
+		}
+		// old[0] has dependents older[0] (depth 1) and older[1] (2, through
+		// older[0]): as a delta of newer[0] they would reach 2 and 3.
+		c := delta(old[0].ID, store.EncZstdRangeDelta, 10, newer[1].ID, newer[0].ID)
+		if rebase(c, old[0], 2) {
+			t.Fatal("rebase took its dependents past maxDepth")
+		}
+		if got := get(old[0].ID); !reflect.DeepEqual(got, old[0]) {
+			t.Fatalf("a refused rebase changed the record: %+v", got)
+		}
+		if !rebase(c, old[0], 3) {
+			t.Fatal("rebase within maxDepth refused")
+		}
+		want := c
+		want.Depth = 1
+		if got := get(old[0].ID); !reflect.DeepEqual(got, want) {
+			t.Errorf("after rebase: %+v, want %+v", got, want)
+		}
+		if d0, d1 := get(older[0].ID).Depth, get(older[1].ID).Depth; d0 != 2 || d1 != 3 {
+			t.Errorf("dependents' depths after rebase: %d, %d; want 2, 3", d0, d1)
+		}
+		// The caller's view is stale now: a second rebase from it is refused.
+		if rebase(delta(old[0].ID, store.EncZstdDelta, 9, newer[2].ID), old[0], 8) {
+			t.Error("rebase from a stale record accepted")
+		}
+		// A base with bases (old[0] now) is refused: no cycle can form.
+		if rebase(delta(newer[0].ID, store.EncZstdDelta, 9, old[0].ID), newer[0], 8) {
+			t.Error("rebase onto a chunk that has bases accepted")
+		}
+		if rebase(delta(old[2].ID, store.EncZstdDelta, 9, old[2].ID), old[2], 8) {
+			t.Error("rebase onto itself accepted")
+		}
+		if rebase(delta(old[2].ID, store.EncZstdDelta, 9, chunker.ID{9}), old[2], 8) {
+			t.Error("rebase onto an unrecorded chunk accepted")
+		}
+		// Multi-base to single base: chunk_bases rows go, base_id stays.
+		want = delta(old[0].ID, store.EncZstdDelta, 8, newer[2].ID)
+		if !rebase(want, get(old[0].ID), 3) {
+			t.Fatal("rebase of a delta chunk refused")
+		}
+		want.Depth = 1
+		if got := get(old[0].ID); !reflect.DeepEqual(got, want) {
+			t.Errorf("after second rebase: %+v, want %+v", got, want)
+		}
+		if _, err := ix.Rebase(ctx, delta(chunker.ID{8}, store.EncZstdDelta, 9, newer[2].ID), index.Chunk{}, 8); !errors.Is(err, index.ErrNotFound) {
+			t.Errorf("rebase of an unrecorded chunk: %v, want ErrNotFound", err)
+		}
+		st, err := ix.Stats(ctx)
+		if err != nil || st.StoredBytes != 7*50+8 {
+			t.Errorf("stored bytes after rebase: %d, %v; want %d", st.StoredBytes, err, 7*50+8)
+		}
+	})
+
 	t.Run("ConcurrentCommitsOfSameNAR", func(t *testing.T) {
 		ix := newIdx(t)
 		ni, nar, chunks := Fixture("race", 50, 100)
