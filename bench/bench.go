@@ -87,6 +87,8 @@ type Options struct {
 	NoSimilarSearch bool
 	// MaxDeltaDepth is ingest's setting of that name; 0 means its default.
 	MaxDeltaDepth int
+	// ReverseDelta is ingest's setting of that name, for delta configurations.
+	ReverseDelta bool
 }
 
 // Row is one configuration after one bump. Byte and count columns are
@@ -97,6 +99,7 @@ type Row struct {
 	AvgChunk       int     `json:"avg_chunk"`
 	Level          int     `json:"zstd_level"`
 	Delta          bool    `json:"delta"`
+	ReverseDelta   bool    `json:"reverse_delta"`
 	Normalize      bool    `json:"normalize"`
 	Bump           int     `json:"bump"`
 	BumpName       string  `json:"bump_name"`
@@ -245,7 +248,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 			return nil, nil, err
 		}
 	}
-	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, SimilarSearch: c.Delta && !o.NoSimilarSearch, DeltaBases: o.DeltaBases, Normalize: c.Normalize, MaxDeltaDepth: o.MaxDeltaDepth})
+	in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: c.Preset, Keys: o.Keys, Jobs: 1, Delta: c.Delta, SimilarSearch: c.Delta && !o.NoSimilarSearch, DeltaBases: o.DeltaBases, Normalize: c.Normalize, MaxDeltaDepth: o.MaxDeltaDepth, ReverseDelta: c.Delta && o.ReverseDelta})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -388,7 +391,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 		readDur := time.Since(start)
 		bumpNAR := float64(st.NARBytes - before.NARBytes)
 		row := Row{
-			Config: c.Name(), Preset: c.Preset.Name, AvgChunk: c.Preset.Avg, Level: c.Level, Delta: c.Delta, Normalize: c.Normalize, Bump: i + 1, BumpName: b.Name,
+			Config: c.Name(), Preset: c.Preset.Name, AvgChunk: c.Preset.Avg, Level: c.Level, Delta: c.Delta, ReverseDelta: c.Delta && o.ReverseDelta, Normalize: c.Normalize, Bump: i + 1, BumpName: b.Name,
 			NARs: st.NARs, UpstreamBytes: st.UpstreamSize, NARBytes: st.NARBytes, Chunks: st.Chunks, StoredBytes: st.StoredBytes,
 			StoredUpstream: ratio(st.StoredBytes, st.UpstreamSize), StoredNAR: ratio(st.StoredBytes, st.NARBytes),
 			IndexRows: fp.Rows, IndexBytes: fp.Bytes, Objects: st.Chunks, PutRequests: puts, GetRequests: gets,

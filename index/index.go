@@ -137,17 +137,19 @@ type Index interface {
 	// Rebase records that chunk c.ID's blob is about to be replaced by a
 	// delta of c.Bases (c's encoding, stored size and level; its depth is
 	// computed), for reverse deltas: an older release re-encoded against a
-	// newer one. It records nothing and reports false unless, in one
-	// transaction: the chunk's record still has old's stored size, encoding
-	// and whether it has bases (so the blob the caller read is the one it
-	// replaces); every base is recorded and has no bases itself (so no
-	// cycle can form); and every chunk depending on it, directly or not (at
-	// most MaxRebaseDependents), stays within maxDepth once as much deeper
-	// as the chunk gets, which their records then say. The caller replaces
-	// the blob only after true: a crash in between leaves a record naming
-	// bases a plain blob does not need, which only keeps them from
-	// deletion. ErrNotFound if there is no such chunk.
-	Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (bool, error)
+	// newer one. In one transaction it checks that the chunk's record still
+	// has old's stored size, encoding and whether it has bases (so the blob
+	// the caller read is the one it replaces), and that every base is
+	// recorded and has no bases itself (so no cycle can form); else
+	// RebaseStale. It gives every chunk depending on it, directly or not,
+	// its depth again; if one would pass maxDepth, or more than
+	// MaxRebaseDependents depend on it, RebaseTooDeep. Only Rebased records
+	// anything. The caller replaces the blob only after Rebased: a crash in
+	// between leaves a record naming bases a plain blob does not need, which
+	// only keeps them from deletion. ErrNotFound if there is no such chunk.
+	Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
+	// Dependents lists the chunks naming id among their bases.
+	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
 	// WalkNARs calls fn for every NAR (without its chunk list), oldest
 	// first: in the order they were recorded, to the second, and within a
 	// second in package-lineage order (so a copy keeps each package's

@@ -566,21 +566,33 @@ func (p *Postgres) SimilarChunks(ctx context.Context, sims []uint64, limit int) 
 // Rebase implements Index. The chunk's and its new bases' rows are locked
 // (in ID order, so two rebases cannot deadlock on them) before they are
 // checked, so a concurrent rebase of any of them waits for this one.
-func (p *Postgres) Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (bool, error) {
-	var ok bool
+func (p *Postgres) Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (RebaseResult, error) {
+	r := RebaseStale
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
-		ok, err = rebase(pgRebase{ctx, tx}, c, old, maxDepth)
-		if err == nil && !ok {
+		r, err = rebase(pgRebase{ctx, tx}, c, old, maxDepth)
+		if err == nil && r != Rebased {
 			return errNoRebase // roll back
 		}
 		return err
 	})
 	if errors.Is(err, errNoRebase) {
-		return false, nil
+		return r, nil
 	}
-	return ok, err
+	return r, err
 }
+
+// Dependents implements Index.
+func (p *Postgres) Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error) {
+	rows, err := p.pool.Query(ctx, pgDependentsQuery, id[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return collectIDs(rows)
+}
+
+const pgDependentsQuery = `SELECT id FROM chunks WHERE base_id = $1 UNION SELECT chunk_id FROM chunk_bases WHERE base_id = $1`
 
 var errNoRebase = errors.New("not rebased")
 
@@ -613,7 +625,7 @@ func (r pgRebase) rows(ids []chunker.ID, lock bool) (map[chunker.ID]rebaseRow, e
 }
 
 func (r pgRebase) dependents(id chunker.ID) ([]chunker.ID, error) {
-	rows, err := r.tx.Query(r.ctx, `SELECT id FROM chunks WHERE base_id = $1 UNION SELECT chunk_id FROM chunk_bases WHERE base_id = $1`, id[:])
+	rows, err := r.tx.Query(r.ctx, pgDependentsQuery, id[:])
 	if err != nil {
 		return nil, err
 	}
@@ -639,7 +651,27 @@ func (r pgRebase) set(c Chunk) error {
 	return nil
 }
 
-func (r pgRebase) deepen(id chunker.ID, by uint8) error {
-	_, err := r.tx.Exec(r.ctx, `UPDATE chunks SET depth = least(depth + $1, 255) WHERE id = $2`, int16(by), id[:])
+func (r pgRebase) bases(id chunker.ID) ([]chunker.ID, error) {
+	rows, err := r.tx.Query(r.ctx, `SELECT base_id FROM chunk_bases WHERE chunk_id = $1 ORDER BY seq`, id[:])
+	if err != nil {
+		return nil, err
+	}
+	out, err := collectIDs(rows)
+	rows.Close()
+	if err != nil || len(out) > 0 {
+		return out, err
+	}
+	var b []byte
+	if err := r.tx.QueryRow(r.ctx, `SELECT base_id FROM chunks WHERE id = $1`, id[:]).Scan(&b); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, err
+	}
+	if b != nil {
+		out = []chunker.ID{chunker.ID(b)}
+	}
+	return out, nil
+}
+
+func (r pgRebase) setDepth(id chunker.ID, depth uint8) error {
+	_, err := r.tx.Exec(r.ctx, `UPDATE chunks SET depth = $1 WHERE id = $2`, int16(depth), id[:])
 	return err
 }

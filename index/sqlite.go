@@ -628,20 +628,30 @@ func (s *SQLite) SimilarChunks(ctx context.Context, sims []uint64, limit int) ([
 
 // Rebase implements Index. The write transaction (BEGIN IMMEDIATE) excludes
 // every other writer, so the rows it checks cannot change under it.
-func (s *SQLite) Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (bool, error) {
+func (s *SQLite) Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (RebaseResult, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return false, err
+		return RebaseStale, err
 	}
 	defer tx.Rollback()
-	ok, err := rebase(sqliteRebase{ctx, tx}, c, old, maxDepth)
-	if err != nil || !ok {
-		return false, err
+	r, err := rebase(sqliteRebase{ctx, tx}, c, old, maxDepth)
+	if err != nil || r != Rebased {
+		return r, err
 	}
 	if err := tx.Commit(); err != nil {
-		return false, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
 	}
-	return true, nil
+	return Rebased, nil
+}
+
+// Dependents implements Index.
+func (s *SQLite) Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error) {
+	rows, err := s.db.QueryContext(ctx, dependentsQuery, id[:], id[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return collectIDs(rows)
 }
 
 type sqliteRebase struct {
@@ -667,7 +677,7 @@ func (r sqliteRebase) rows(ids []chunker.ID, _ bool) (map[chunker.ID]rebaseRow, 
 }
 
 func (r sqliteRebase) dependents(id chunker.ID) ([]chunker.ID, error) {
-	rows, err := r.tx.QueryContext(r.ctx, `SELECT id FROM chunks WHERE base_id = ? UNION SELECT chunk_id FROM chunk_bases WHERE base_id = ?`, id[:], id[:])
+	rows, err := r.tx.QueryContext(r.ctx, dependentsQuery, id[:], id[:])
 	if err != nil {
 		return nil, err
 	}
@@ -693,7 +703,27 @@ func (r sqliteRebase) set(c Chunk) error {
 	return nil
 }
 
-func (r sqliteRebase) deepen(id chunker.ID, by uint8) error {
-	_, err := r.tx.ExecContext(r.ctx, `UPDATE chunks SET depth = min(depth + ?, 255) WHERE id = ?`, by, id[:])
+func (r sqliteRebase) bases(id chunker.ID) ([]chunker.ID, error) {
+	rows, err := r.tx.QueryContext(r.ctx, `SELECT base_id FROM chunk_bases WHERE chunk_id = ? ORDER BY seq`, id[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out, err := collectIDs(rows)
+	if err != nil || len(out) > 0 {
+		return out, err
+	}
+	var b []byte
+	if err := r.tx.QueryRowContext(r.ctx, `SELECT base_id FROM chunks WHERE id = ?`, id[:]).Scan(&b); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+	if b != nil {
+		out = []chunker.ID{chunker.ID(b)}
+	}
+	return out, nil
+}
+
+func (r sqliteRebase) setDepth(id chunker.ID, depth uint8) error {
+	_, err := r.tx.ExecContext(r.ctx, `UPDATE chunks SET depth = ? WHERE id = ?`, depth, id[:])
 	return err
 }

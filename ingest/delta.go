@@ -126,6 +126,9 @@ type deltaIndex struct {
 	buckets     []int32
 	bucketShift uint
 	cache       *baseCache
+	// plain: new chunks are stored plain, not searched for bases (reverse
+	// deltas, where the package's predecessor is re-encoded against them).
+	plain bool
 }
 
 // index builds buckets over the sorted inv: about four features a bucket.
@@ -313,11 +316,12 @@ func (b *baseCache) get(ctx context.Context, id chunker.ID) (_ []byte, err error
 	return data, nil
 }
 
-// newDeltaIndex loads the predecessor's chunks whose delta depth allows one
-// more step and indexes their features. With no predecessor (pred nil), or
+// newDeltaIndex loads the predecessor's chunks of depth below below (those a
+// delta may still use as a base: MaxDeltaDepth for a new chunk, 1, plain
+// chunks only, for a rebase) and indexes their features. With no predecessor (pred nil), or
 // none of its chunks usable, it indexes nothing; its cache still serves the
 // store-wide similar search, which loads bases (and their bases) too.
-func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIndex {
+func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR, below int) *deltaIndex {
 	di := &deltaIndex{cache: newBaseCache(in.chunks, baseCacheBytes)}
 	if pred == nil {
 		return di
@@ -339,13 +343,13 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR) *deltaIn
 	if err != nil {
 		return di
 	}
-	ids, recs = in.belowCap(ctx, ids, recs)
+	ids, recs = in.belowCap(ctx, ids, recs, below)
 	ratios := in.rootRatios(ctx, recs)
 	feats := map[uint64]struct{}{}
 	for i, id := range ids {
 		idx := int32(len(di.bases))
 		di.bases = append(di.bases, baseCandidate{id: id, depth: recs[i].Depth, plainRatio: ratios[i]})
-		if recs[i].ID.IsZero() || int(recs[i].Depth) >= in.opts.MaxDeltaDepth {
+		if recs[i].ID.IsZero() || int(recs[i].Depth) >= below {
 			continue
 		}
 		data, err := di.cache.get(ctx, id)
@@ -405,8 +409,9 @@ func (in *Ingester) followBest(ctx context.Context, recs []index.Chunk, stop fun
 	return out
 }
 
-// belowCap replaces each predecessor chunk whose depth allows no further
-// delta step with the first chunk down its chain of best bases that does:
+// belowCap replaces each predecessor chunk of depth limit or more (one that
+// allows no further delta step) with the first chunk down its chain of best
+// bases below it:
 // the same content one release older, or more, and the newest a new chunk
 // may still delta against. Without it, every release after MaxDeltaDepth
 // releases of deltas found no base among its predecessor's chunks and went
@@ -414,13 +419,13 @@ func (in *Ingester) followBest(ctx context.Context, recs []index.Chunk, stop fun
 // stored 48.7 MB at depth 3, 33.2 with this, 24.2 at depth 4, where it is
 // not yet past the cap). Positions are kept, so neighbours stay neighbours;
 // a base that is already listed appears once.
-func (in *Ingester) belowCap(ctx context.Context, ids []chunker.ID, recs []index.Chunk) ([]chunker.ID, []index.Chunk) {
-	below := in.followBest(ctx, recs, func(r index.Chunk) bool { return int(r.Depth) < in.opts.MaxDeltaDepth })
+func (in *Ingester) belowCap(ctx context.Context, ids []chunker.ID, recs []index.Chunk, limit int) ([]chunker.ID, []index.Chunk) {
+	below := in.followBest(ctx, recs, func(r index.Chunk) bool { return int(r.Depth) < limit })
 	seen := map[chunker.ID]bool{}
 	outIDs, outRecs := ids[:0], recs[:0]
 	for i, id := range ids {
 		r := recs[i]
-		if !r.ID.IsZero() && int(r.Depth) >= in.opts.MaxDeltaDepth && !below[i].ID.IsZero() {
+		if !r.ID.IsZero() && int(r.Depth) >= limit && !below[i].ID.IsZero() {
 			id, r = below[i].ID, below[i]
 		}
 		if !seen[id] {
@@ -546,32 +551,12 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 	feats := map[uint64]struct{}{}
 	features(data, feats)
 	keys := simKeys(feats)
+	if di.plain { // reverse deltas: the newest release stays plain
+		blob, w := in.chunks.Encode(data)
+		return blob, w, 0, keys, nil
+	}
 	if m, ok := di.best(feats); ok {
-		var bases []store.Base
-		var depth uint8
-		var ratio float64
-		for _, i := range di.candidates(m, in.opts.DeltaBases) {
-			b := di.bases[i]
-			bd, err := di.cache.get(ctx, b.id)
-			if err != nil { // a base that went away: do without it
-				continue
-			}
-			base := store.Base{ID: b.id, Data: bd}
-			if k := neighbourSpan(len(data)); k > 0 && len(bd) > k {
-				// A neighbour holds content that crossed its boundary with
-				// the best base: the end next to that boundary.
-				switch i {
-				case m.best - 1:
-					base.Off, base.Len = len(bd)-k, k
-				case m.best + 1:
-					base.Len = k
-				}
-			}
-			bases = append(bases, base)
-			depth = max(depth, b.depth+1)
-			ratio = b.plainRatio // the best base's, last
-		}
-		if len(bases) > 0 {
+		if bases, depth, ratio := di.deltaBases(ctx, m, len(data), in.opts.DeltaBases); len(bases) > 0 {
 			blob, w, depth, err := in.pickDelta(data, bases, depth, ratio)
 			return blob, w, depth, keys, err
 		}
@@ -584,6 +569,35 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 	}
 	blob, w := in.chunks.Encode(data)
 	return blob, w, 0, keys, nil
+}
+
+// deltaBases returns the bases for a chunk of n bytes matching m, at most
+// limit (best base last, neighbours trimmed to the end next to it), the depth
+// a delta of them has, and the best base's chain's plain ratio. Bases that
+// went away are left out.
+func (di *deltaIndex) deltaBases(ctx context.Context, m match, n, limit int) (bases []store.Base, depth uint8, ratio float64) {
+	for _, i := range di.candidates(m, limit) {
+		b := di.bases[i]
+		bd, err := di.cache.get(ctx, b.id)
+		if err != nil { // a base that went away: do without it
+			continue
+		}
+		base := store.Base{ID: b.id, Data: bd}
+		if k := neighbourSpan(n); k > 0 && len(bd) > k {
+			// A neighbour holds content that crossed its boundary with
+			// the best base: the end next to that boundary.
+			switch i {
+			case m.best - 1:
+				base.Off, base.Len = len(bd)-k, k
+			case m.best + 1:
+				base.Len = k
+			}
+		}
+		bases = append(bases, base)
+		depth = max(depth, b.depth+1)
+		ratio = b.plainRatio // the best base's, last
+	}
+	return bases, depth, ratio
 }
 
 // pickDelta returns the delta against bases when it beats plain zstd by the

@@ -47,6 +47,8 @@ type Index interface {
 	Predecessor(ctx context.Context, pname string) (*index.NAR, error)
 	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
 	SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error)
+	Rebase(ctx context.Context, c index.Chunk, old index.Chunk, maxDepth int) (index.RebaseResult, error)
+	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
 }
 
 // Options configure an Ingester.
@@ -69,8 +71,15 @@ type Options struct {
 	Normalize bool
 	// Delta stores a new chunk as a zstd delta against a similar chunk of the
 	// package's previous NAR when that is DeltaMargin smaller than plain zstd.
-	Delta       bool
-	DeltaMargin float64 // 0 means 0.2
+	Delta bool
+	// ReverseDelta (with Delta) turns that around for a package with a
+	// previous NAR: the new NAR's chunks are stored plain, and once it is
+	// recorded, the previous NAR's chunks it does not share are re-encoded
+	// as deltas of them (rebasePredecessor). The newest release, the one
+	// clients fetch, then reads without delta decoding. The store must be
+	// able to replace blobs (store.Replacer).
+	ReverseDelta bool
+	DeltaMargin  float64 // 0 means 0.2
 	// SimilarSearch (with Delta) also looks for a delta base anywhere in the
 	// store, by similarity keys kept in the index, for chunks the package's
 	// previous NAR has nothing similar to (a first version, a renamed
@@ -98,6 +107,10 @@ type Progress struct {
 	NARsTotal, NARsDone, NARsSkipped, NARsFailed atomic.Int64
 	NARBytes, UpstreamBytes                      atomic.Int64 // bytes processed so far
 	NewChunks, NewStoredBytes                    atomic.Int64
+	// Rebased counts older chunks re-encoded as deltas of newer ones
+	// (Options.ReverseDelta), RebaseSaved the stored bytes that saved, and
+	// Rehomed the chunks moved from a chunk so it could be rebased.
+	Rebased, RebaseSaved, Rehomed atomic.Int64
 }
 
 // Ingester ingests NARs. Safe for concurrent use.
@@ -156,6 +169,9 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	if o.LockTTL <= 0 {
 		o.LockTTL = 30 * time.Second
 	}
+	if o.Delta && o.ReverseDelta && !chunks.CanReplace() {
+		return nil, fmt.Errorf("reverse deltas rewrite stored blobs, and this chunk store cannot replace them; turn reverse deltas off")
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -176,7 +192,13 @@ type Result struct {
 	Chunks       int // chunks in the NAR
 	NewChunks    int // chunks that were not stored before
 	StoredBytes  uint64
-	Duration     time.Duration
+	// Rebased counts the predecessor's chunks re-encoded as deltas of this
+	// NAR's (Options.ReverseDelta), and RebaseSaved the bytes that saved.
+	Rebased     int
+	RebaseSaved int64
+	Duration    time.Duration
+
+	pred *index.NAR // the package's previous NAR, to rebase once this one is recorded
 }
 
 // ParseHashPart accepts a store path, a store path basename or a bare hash part.
@@ -375,6 +397,9 @@ func (in *Ingester) ingestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.
 	}
 	res.Duration = time.Since(start)
 	in.Progress.NARsDone.Add(1)
+	if res.pred != nil {
+		in.rebasePredecessor(ctx, nar, res)
+	}
 	in.log.Info("ingested", "store_path", ni.StorePath, "nar_hash", ni.NarHashString(), "bytes", ni.NarSize,
 		"chunks", res.Chunks, "new_chunks", res.NewChunks, "stored_bytes", res.StoredBytes, "dur_ms", res.Duration.Milliseconds())
 	return res, nil
@@ -457,7 +482,15 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 				pred = p
 			}
 		}
-		di = in.newDeltaIndex(ctx, pred)
+		if in.opts.ReverseDelta && pred != nil {
+			// The new release is stored plain; once it is recorded, its
+			// predecessor is re-encoded against it (rebasePredecessor).
+			di = in.newDeltaIndex(ctx, nil, 0)
+			di.plain = true
+			res.pred = pred
+		} else {
+			di = in.newDeltaIndex(ctx, pred, in.opts.MaxDeltaDepth)
+		}
 		defer di.cache.close()
 	}
 	var (
@@ -733,5 +766,8 @@ func (in *Ingester) IngestUpload(ctx context.Context, body io.ReadCloser, compre
 		return nil, fmt.Errorf("uploaded NAR: record in index: %w", err)
 	}
 	in.Progress.NARsDone.Add(1)
+	if res.pred != nil {
+		in.rebasePredecessor(ctx, nar, res)
+	}
 	return nar, nil
 }

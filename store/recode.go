@@ -190,3 +190,45 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder) (R
 	out.Encoding, out.NewSize, out.Replaced = newKind, len(nb), true
 	return out, nil
 }
+
+// CanReplace reports whether the store can rewrite blobs in place (Recode,
+// Rebase).
+func (c *Chunks) CanReplace() bool { _, ok := c.store.(Replacer); return ok }
+
+// Rebase replaces chunk id's blob with blob, a delta EncodeDelta made of the
+// chunk's bytes against bases (reverse deltas: an older release re-encoded
+// against a newer one), in the order the deletion rule needs:
+//  1. the delta is read back, against the same base bytes, and must hash to
+//     id (it replaces a blob that reads fine, so it must too);
+//  2. record (the index naming the new bases) runs, and may decline;
+//  3. only then is the blob replaced.
+//
+// It reports whether the blob was replaced. An error from Replace leaves the
+// old blob, which reads without the bases the index now names: that only
+// keeps them from deletion.
+func (c *Chunks) Rebase(ctx context.Context, id chunker.ID, blob []byte, bases []Base, record func() (bool, error)) (bool, error) {
+	r, ok := c.store.(Replacer)
+	if !ok {
+		return false, ErrNoReplace
+	}
+	byID := make(map[chunker.ID][]byte, len(bases))
+	for _, b := range bases {
+		byID[b.ID] = b.Data
+	}
+	have := func(_ context.Context, bid chunker.ID) ([]byte, error) {
+		if d, ok := byID[bid]; ok {
+			return d, nil
+		}
+		return nil, fmt.Errorf("delta names base %s it was not made with: %w", bid, ErrCorrupt)
+	}
+	if _, err := c.decode(ctx, id, blob, have, 0, true); err != nil {
+		return false, fmt.Errorf("chunk %s: rebased delta does not read back (%w); left as it was", id, err)
+	}
+	if ok, err := record(); err != nil || !ok {
+		return false, err
+	}
+	if err := r.Replace(ctx, id, blob); err != nil {
+		return false, fmt.Errorf("chunk %s: replace with its delta: %w (the old blob stays, and reads as before)", id, err)
+	}
+	return true, nil
+}

@@ -451,13 +451,13 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 			}
 			return got[0]
 		}
-		rebase := func(c, old index.Chunk, maxDepth int) bool {
+		rebase := func(c, old index.Chunk, maxDepth int) index.RebaseResult {
 			t.Helper()
-			ok, err := ix.Rebase(ctx, c, old, maxDepth)
+			r, err := ix.Rebase(ctx, c, old, maxDepth)
 			if err != nil {
 				t.Fatal(err)
 			}
-			return ok
+			return r
 		}
 		delta := func(id chunker.ID, enc store.Encoding, size uint32, bases ...chunker.ID) index.Chunk {
 			return index.Chunk{ID: id, Size: 100, StoredSize: size, Encoding: uint8(enc), Bases: bases, Level: 7}
@@ -465,14 +465,20 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		// old[0] has dependents older[0] (depth 1) and older[1] (2, through
 		// older[0]): as a delta of newer[0] they would reach 2 and 3.
 		c := delta(old[0].ID, store.EncZstdRangeDelta, 10, newer[1].ID, newer[0].ID)
-		if rebase(c, old[0], 2) {
-			t.Fatal("rebase took its dependents past maxDepth")
+		if deps, err := ix.Dependents(ctx, old[0].ID); err != nil || len(deps) != 1 || deps[0] != older[0].ID {
+			t.Errorf("Dependents = %v, %v; want older[0] only", deps, err)
+		}
+		if deps, err := ix.Dependents(ctx, older[0].ID); err != nil || len(deps) != 1 || deps[0] != older[1].ID {
+			t.Errorf("Dependents through chunk_bases = %v, %v; want older[1] only", deps, err)
+		}
+		if r := rebase(c, old[0], 2); r != index.RebaseTooDeep {
+			t.Fatalf("rebase taking its dependents past maxDepth: %v, want RebaseTooDeep", r)
 		}
 		if got := get(old[0].ID); !reflect.DeepEqual(got, old[0]) {
 			t.Fatalf("a refused rebase changed the record: %+v", got)
 		}
-		if !rebase(c, old[0], 3) {
-			t.Fatal("rebase within maxDepth refused")
+		if r := rebase(c, old[0], 3); r != index.Rebased {
+			t.Fatalf("rebase within maxDepth: %v", r)
 		}
 		want := c
 		want.Depth = 1
@@ -483,23 +489,21 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 			t.Errorf("dependents' depths after rebase: %d, %d; want 2, 3", d0, d1)
 		}
 		// The caller's view is stale now: a second rebase from it is refused.
-		if rebase(delta(old[0].ID, store.EncZstdDelta, 9, newer[2].ID), old[0], 8) {
-			t.Error("rebase from a stale record accepted")
-		}
-		// A base with bases (old[0] now) is refused: no cycle can form.
-		if rebase(delta(newer[0].ID, store.EncZstdDelta, 9, old[0].ID), newer[0], 8) {
-			t.Error("rebase onto a chunk that has bases accepted")
-		}
-		if rebase(delta(old[2].ID, store.EncZstdDelta, 9, old[2].ID), old[2], 8) {
-			t.Error("rebase onto itself accepted")
-		}
-		if rebase(delta(old[2].ID, store.EncZstdDelta, 9, chunker.ID{9}), old[2], 8) {
-			t.Error("rebase onto an unrecorded chunk accepted")
+		for name, try := range map[string][2]index.Chunk{
+			"from a stale record": {delta(old[0].ID, store.EncZstdDelta, 9, newer[2].ID), old[0]},
+			// A base with bases (old[0] now): no cycle can form.
+			"onto a chunk that has bases": {delta(newer[0].ID, store.EncZstdDelta, 9, old[0].ID), newer[0]},
+			"onto itself":                 {delta(old[2].ID, store.EncZstdDelta, 9, old[2].ID), old[2]},
+			"onto an unrecorded chunk":    {delta(old[2].ID, store.EncZstdDelta, 9, chunker.ID{9}), old[2]},
+		} {
+			if r := rebase(try[0], try[1], 8); r != index.RebaseStale {
+				t.Errorf("rebase %s: %v, want RebaseStale", name, r)
+			}
 		}
 		// Multi-base to single base: chunk_bases rows go, base_id stays.
 		want = delta(old[0].ID, store.EncZstdDelta, 8, newer[2].ID)
-		if !rebase(want, get(old[0].ID), 3) {
-			t.Fatal("rebase of a delta chunk refused")
+		if r := rebase(want, get(old[0].ID), 3); r != index.Rebased {
+			t.Fatalf("rebase of a delta chunk: %v", r)
 		}
 		want.Depth = 1
 		if got := get(old[0].ID); !reflect.DeepEqual(got, want) {
