@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -515,6 +516,42 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		st, err := ix.Stats(ctx)
 		if err != nil || st.StoredBytes != 7*50+8 {
 			t.Errorf("stored bytes after rebase: %d, %v; want %d", st.StoredBytes, err, 7*50+8)
+		}
+	})
+
+	t.Run("ConcurrentRebasesFormNoCycle", func(t *testing.T) {
+		ix := newIdx(t)
+		// Pairs of plain chunks, each rebased onto the other at once: one of
+		// each pair may win, never both (that would be a cycle).
+		const pairs = 20
+		ni, nar, chunks := Fixture("rebase-race", 2*pairs, 100)
+		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		wins := make([]atomic.Int32, pairs)
+		var wg sync.WaitGroup
+		for p := range pairs {
+			a, b := chunks[2*p], chunks[2*p+1]
+			for _, try := range [][2]index.Chunk{{a, b}, {b, a}} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c := index.Chunk{ID: try[0].ID, Size: 100, StoredSize: 9, Encoding: uint8(store.EncZstdDelta), Bases: []chunker.ID{try[1].ID}}
+					r, err := ix.Rebase(ctx, c, try[0], 3)
+					if err != nil {
+						t.Error(err)
+					}
+					if r == index.Rebased {
+						wins[p].Add(1)
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		for p := range pairs {
+			if n := wins[p].Load(); n != 1 {
+				t.Errorf("pair %d: %d of two opposite rebases recorded, want exactly 1", p, n)
+			}
 		}
 	})
 

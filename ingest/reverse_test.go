@@ -1,0 +1,246 @@
+package ingest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"testing"
+
+	"github.com/narstore/narstore/chunker"
+	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/ingest"
+	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/internal/nixtest"
+	"github.com/narstore/narstore/store"
+)
+
+// Reverse deltas over six releases of a package with a depth cap of 2: after
+// each release, the newest reads without any delta, every release reads back
+// byte-exact, every blob names the bases its index record names, recorded
+// depths are the real chain depths and within the cap, and the releases
+// together cost about what forward deltas cost. With a cap of 2, the fourth
+// release already needs the release past the cap moved onto the newest one.
+func TestReverseDeltas(t *testing.T) {
+	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	const releases, limit = 6, 2
+	var nars [][]byte
+	for v := range releases {
+		n := append([]byte(nil), base...)
+		for i := 1000 + v*97; i+8 < len(n); i += 4 << 10 {
+			copy(n[i:], fmt.Sprintf("release%d", v))
+		}
+		nars = append(nars, n)
+	}
+	stored := map[bool]int64{}
+	for _, reverse := range []bool{false, true} {
+		e := newEnv(t)
+		var nis []*narinfo.NarInfo
+		for v, n := range nars {
+			nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
+		}
+		in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) {
+			o.Delta, o.ReverseDelta, o.MaxDeltaDepth, o.Preset = true, reverse, limit, preset
+		})
+		for v, ni := range nis {
+			res, err := in.IngestPath(t.Context(), ni.StorePath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reverse {
+				continue
+			}
+			if v > 0 && res.Rebased == 0 {
+				t.Errorf("release %d: nothing of release %d was rebased onto it", v+1, v)
+			}
+			nar, _ := e.ix.NAR(t.Context(), ni.NarHash)
+			if d := deltaChunks(t, e.ix, nar); len(d) > 0 {
+				t.Errorf("release %d, the newest: %d delta chunks, want none", v+1, len(d))
+			}
+			for w := range v + 1 {
+				if got := e.readBack(t, nis[w]); string(got) != string(nars[w]) {
+					t.Fatalf("after release %d: release %d does not read back byte-exact", v+1, w+1)
+				}
+			}
+			checkChains(t, e, limit)
+		}
+		stored[reverse] = in.Progress.NewStoredBytes.Load() - in.Progress.RebaseSaved.Load()
+		if reverse && in.Progress.Rehomed.Load() == 0 {
+			t.Errorf("no chunk was moved onto a newer release, so none passed the cap of %d", limit)
+		}
+		st, _ := e.ix.Stats(t.Context())
+		if int64(st.StoredBytes) != stored[reverse] {
+			t.Errorf("reverse=%v: index records %d stored bytes, ingest counted %d", reverse, st.StoredBytes, stored[reverse])
+		}
+	}
+	t.Logf("six releases stored in %d bytes forward, %d reverse", stored[false], stored[true])
+	if stored[true] > stored[false]*5/4 {
+		t.Errorf("reverse deltas stored %d bytes, forward %d", stored[true], stored[false])
+	}
+}
+
+// checkChains checks every chunk's blob against its index record: the same
+// bases, in order, and the recorded depth is the real chain depth, within
+// limit.
+func checkChains(t *testing.T, e *env, limit int) {
+	t.Helper()
+	var ids []chunker.ID
+	err := e.dir.Walk(t.Context(), func(id chunker.ID, _ int64) error { ids = append(ids, id); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := e.ix.Chunks(t.Context(), ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bases := map[chunker.ID][]chunker.ID{}
+	recorded := map[chunker.ID]uint8{}
+	for i, id := range ids {
+		rc, err := e.dir.Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blob, _ := io.ReadAll(rc)
+		rc.Close()
+		_, refs, _, err := store.BlobHeader(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bases[id] = store.IDs(refs)
+		if !slices.Equal(bases[id], recs[i].Bases) {
+			t.Errorf("chunk %s: blob names bases %v, index %v", id, bases[id], recs[i].Bases)
+		}
+		recorded[id] = recs[i].Depth
+	}
+	var depth func(id chunker.ID, seen int) int
+	depth = func(id chunker.ID, seen int) int {
+		if seen > len(ids) {
+			t.Fatalf("delta cycle through %s", id)
+		}
+		d := 0
+		for _, b := range bases[id] {
+			d = max(d, depth(b, seen+1)+1)
+		}
+		return d
+	}
+	for _, id := range ids {
+		d := depth(id, 0)
+		if d > limit || int(recorded[id]) != d {
+			t.Errorf("chunk %s: chain depth %d, recorded %d, limit %d", id, d, recorded[id], limit)
+		}
+	}
+}
+
+// Reverse deltas rewrite blobs, so a store that cannot is refused up front.
+func TestReverseDeltasNeedReplace(t *testing.T) {
+	e := newEnv(t)
+	c, err := store.NewChunks(struct{ store.Store }{e.dir}, store.ChunksOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ingest.New(nil, e.ix, c, ingest.Options{Delta: true, ReverseDelta: true}); err == nil {
+		t.Error("reverse deltas accepted on a store that cannot replace blobs")
+	}
+	if _, err := ingest.New(nil, e.ix, c, ingest.Options{Delta: true}); err != nil {
+		t.Errorf("forward deltas on a store that cannot replace blobs: %v", err)
+	}
+}
+
+// failingReplace is a store whose Replace fails after writing nothing.
+type failingReplace struct{ *store.Dir }
+
+func (failingReplace) Replace(context.Context, chunker.ID, []byte) error {
+	return errors.New("replace: disk full")
+}
+
+// failingRebase is an index whose Rebase fails after recording nothing.
+type failingRebase struct{ *index.SQLite }
+
+func (failingRebase) Rebase(context.Context, index.Chunk, index.Chunk, int) (index.RebaseResult, error) {
+	return index.RebaseStale, errors.New("index: connection lost")
+}
+
+// When a rewrite fails halfway, at the index or at the store, every release
+// still reads back byte-exact and every base a blob needs is named in the
+// index (the deletion rule): the index is written before the blob.
+func TestReverseDeltaFailuresKeepBasesNamed(t *testing.T) {
+	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	for _, fail := range []string{"store", "index"} {
+		t.Run(fail, func(t *testing.T) {
+			e := newEnv(t)
+			var nis []*narinfo.NarInfo
+			var nars [][]byte
+			for v := range 3 {
+				n := append([]byte(nil), base...)
+				for i := 1000 + v*97; i+8 < len(n); i += 4 << 10 {
+					copy(n[i:], fmt.Sprintf("release%d", v))
+				}
+				nars = append(nars, n)
+				nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
+			}
+			var ix ingest.Index = e.ix
+			chunks := e.chunks
+			if fail == "index" {
+				ix = failingRebase{e.ix}
+			} else {
+				var err error
+				if chunks, err = store.NewChunks(failingReplace{e.dir}, store.ChunksOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			up, err := ingest.NewUpstream(e.cache.URL(), ingest.UpstreamOptions{Delay: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, err := ingest.New(up, ix, chunks, ingest.Options{Preset: preset, Keys: narinfo.PublicKeys{e.cache.PublicKey},
+				Delta: true, ReverseDelta: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ni := range nis {
+				if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+					t.Fatalf("a failed rewrite failed the ingest of the new release: %v", err)
+				}
+			}
+			for v, ni := range nis {
+				if got := e.readBack(t, ni); string(got) != string(nars[v]) {
+					t.Fatalf("release %d does not read back byte-exact", v+1)
+				}
+			}
+			var ids []chunker.ID
+			e.dir.Walk(t.Context(), func(id chunker.ID, _ int64) error { ids = append(ids, id); return nil })
+			recs, err := e.ix.Chunks(t.Context(), ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			named := 0
+			for i, id := range ids {
+				rc, err := e.dir.Get(t.Context(), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				blob, _ := io.ReadAll(rc)
+				rc.Close()
+				_, refs, _, err := store.BlobHeader(blob)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, b := range store.IDs(refs) {
+					if !slices.Contains(recs[i].Bases, b) {
+						t.Errorf("chunk %s: its blob needs base %s, which its index record does not name", id, b)
+					}
+				}
+				named += len(recs[i].Bases)
+			}
+			if fail == "store" && named == 0 {
+				t.Error("no rewrite reached the index, so the failing store was never tried")
+			}
+			if p := in.Progress.Rebased.Load(); p != 0 {
+				t.Errorf("%d chunks counted as rebased although every rewrite failed", p)
+			}
+		})
+	}
+}
