@@ -128,7 +128,33 @@ type deltaIndex struct {
 	cache       *baseCache
 	// plain: new chunks are stored plain, not searched for bases (reverse
 	// deltas, where the package's predecessor is re-encoded against them).
-	plain bool
+	// Their sampled features are captured (and their bytes spilled), so the
+	// rebase that follows indexes them without decoding them again: that
+	// was a tenth of a reverse delta bump's ingest.
+	plain      bool
+	capturedMu sync.Mutex
+	captured   map[chunker.ID][]uint64
+}
+
+// spillFor gives di's cache a spill file, or logs why it has none.
+func (in *Ingester) spillFor(di *deltaIndex) {
+	if sp, err := newSpill(in.opts.TempDir); err == nil {
+		di.cache.spill = sp
+	} else {
+		in.log.Warn("no spill file for delta bases; their chains are decoded twice", "dir", in.opts.TempDir, "err", err)
+	}
+}
+
+// capture keeps a new plain chunk's features and spills its bytes.
+func (di *deltaIndex) capture(id chunker.ID, data []byte, feats map[uint64]struct{}) {
+	f := make([]uint64, 0, len(feats))
+	for x := range feats {
+		f = append(f, x)
+	}
+	di.capturedMu.Lock()
+	di.captured[id] = f
+	di.capturedMu.Unlock()
+	di.cache.keep(id, data)
 }
 
 // index builds buckets over the sorted inv: about four features a bucket.
@@ -318,18 +344,23 @@ func (b *baseCache) get(ctx context.Context, id chunker.ID) (_ []byte, err error
 
 // newDeltaIndex loads the predecessor's chunks of depth below below (those a
 // delta may still use as a base: MaxDeltaDepth for a new chunk, 1, plain
-// chunks only, for a rebase) and indexes their features. With no predecessor (pred nil), or
-// none of its chunks usable, it indexes nothing; its cache still serves the
-// store-wide similar search, which loads bases (and their bases) too.
-func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR, below int) *deltaIndex {
+// chunks only, for a rebase) and indexes their features. With no
+// predecessor (pred nil), or none of its chunks usable, it indexes nothing;
+// its cache still serves the store-wide similar search, which loads bases
+// (and their bases) too. from, if not nil, is the index that stored pred's
+// new chunks plain (reverse deltas): its cache (and spill) is taken over,
+// and the chunks it captured are indexed without loading them again.
+func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR, below int, from *deltaIndex) *deltaIndex {
 	di := &deltaIndex{cache: newBaseCache(in.chunks, baseCacheBytes)}
+	var captured map[chunker.ID][]uint64
+	if from != nil {
+		di.cache, captured = from.cache, from.captured
+	}
 	if pred == nil {
 		return di
 	}
-	if sp, err := newSpill(in.opts.TempDir); err == nil {
-		di.cache.spill = sp
-	} else if in.opts.Logger != nil {
-		in.opts.Logger.Warn("no spill file for delta bases; their chains are decoded twice", "dir", in.opts.TempDir, "err", err)
+	if di.cache.spill == nil {
+		in.spillFor(di)
 	}
 	seen := map[chunker.ID]bool{}
 	var ids []chunker.ID
@@ -350,6 +381,13 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR, below in
 		idx := int32(len(di.bases))
 		di.bases = append(di.bases, baseCandidate{id: id, depth: recs[i].Depth, plainRatio: ratios[i]})
 		if recs[i].ID.IsZero() || int(recs[i].Depth) >= below {
+			continue
+		}
+		if f, ok := captured[id]; ok && recs[i].Depth == 0 {
+			di.bases[idx].usable = true
+			for _, x := range f {
+				di.inv = append(di.inv, featBase{x, idx})
+			}
 			continue
 		}
 		data, err := di.cache.get(ctx, id)
@@ -543,7 +581,7 @@ func (di *deltaIndex) candidates(m match, n int) []int {
 // depth, and its similarity keys (nil unless delta search is on). The
 // chunk's features are sampled once, for all three uses. di is nil only
 // when delta encoding is off.
-func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte) ([]byte, store.Written, uint8, []uint64, error) {
+func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, id chunker.ID, data []byte) ([]byte, store.Written, uint8, []uint64, error) {
 	if !in.opts.Delta {
 		blob, w := in.chunks.Encode(data)
 		return blob, w, 0, nil, nil
@@ -552,6 +590,7 @@ func (in *Ingester) encodeChunk(ctx context.Context, di *deltaIndex, data []byte
 	features(data, feats)
 	keys := simKeys(feats)
 	if di.plain { // reverse deltas: the newest release stays plain
+		di.capture(id, data, feats)
 		blob, w := in.chunks.Encode(data)
 		return blob, w, 0, keys, nil
 	}

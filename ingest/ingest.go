@@ -198,7 +198,16 @@ type Result struct {
 	RebaseSaved int64
 	Duration    time.Duration
 
-	pred *index.NAR // the package's previous NAR, to rebase once this one is recorded
+	pred *index.NAR  // the package's previous NAR, to rebase once this one is recorded
+	rev  *deltaIndex // what stored this NAR plain, for the rebase; closed by it or release
+}
+
+// release frees what ingestStream left for the rebase, if it did not run.
+func (r *Result) release() {
+	if r.rev != nil {
+		r.rev.cache.close()
+		r.rev = nil
+	}
 }
 
 // ParseHashPart accepts a store path, a store path basename or a bare hash part.
@@ -382,6 +391,7 @@ func (in *Ingester) ingestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.
 	}
 	nar, newChunks, err := in.ingestStream(ctx, streamReq{what: ni.StorePath, wantHash: &ni.NarHash, size: ni.NarSize,
 		body: body, compression: compression, tee: tee, refs: refs, pname: narinfo.PName(ni.StorePath)}, res)
+	defer res.release()
 	if err != nil {
 		in.Progress.NARsFailed.Add(1)
 		in.log.Info("ingest failed", "store_path", ni.StorePath, "err", err)
@@ -484,14 +494,16 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 		}
 		if in.opts.ReverseDelta && pred != nil {
 			// The new release is stored plain; once it is recorded, its
-			// predecessor is re-encoded against it (rebasePredecessor).
-			di = in.newDeltaIndex(ctx, nil, 0)
-			di.plain = true
-			res.pred = pred
+			// predecessor is re-encoded against it (rebasePredecessor),
+			// which takes di over (and closes it).
+			di = in.newDeltaIndex(ctx, nil, 0, nil)
+			di.plain, di.captured = true, map[chunker.ID][]uint64{}
+			in.spillFor(di)
+			res.pred, res.rev = pred, di
 		} else {
-			di = in.newDeltaIndex(ctx, pred, in.opts.MaxDeltaDepth)
+			di = in.newDeltaIndex(ctx, pred, in.opts.MaxDeltaDepth, nil)
+			defer di.cache.close()
 		}
-		defer di.cache.close()
 	}
 	var (
 		mu        sync.Mutex
@@ -625,7 +637,7 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 		return nil, nil
 	}
 	data := (*j.buf)[:j.size]
-	blob, w, depth, keys, err := in.encodeChunk(ctx, di, data)
+	blob, w, depth, keys, err := in.encodeChunk(ctx, di, j.id, data)
 	if err != nil {
 		return nil, err
 	}
@@ -755,6 +767,7 @@ func (in *Ingester) IngestUpload(ctx context.Context, body io.ReadCloser, compre
 	res := &Result{}
 	nar, newChunks, err := in.ingestStream(ctx, streamReq{what: "upload", size: maxSize, body: body, compression: compression,
 		pname: narinfo.PName(name)}, res)
+	defer res.release()
 	if err != nil {
 		in.Progress.NARsFailed.Add(1)
 		return nil, err

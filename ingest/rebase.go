@@ -31,7 +31,8 @@ import (
 // were: the NAR is recorded already, and every chunk reads either way.
 func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *Result) {
 	start := time.Now()
-	di := in.newDeltaIndex(ctx, nar, 1)
+	di := in.newDeltaIndex(ctx, nar, 1, res.rev)
+	defer res.release()
 	defer di.cache.close()
 	if len(di.inv) == 0 {
 		return
