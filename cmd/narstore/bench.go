@@ -51,7 +51,7 @@ func setupBench(fs *flag.FlagSet) runFunc {
 	parallel := fs.Int("parallel", 2, "configurations run at once")
 	deltaBases := fs.Int("delta-bases", 3, "for delta configurations: bases per delta chunk (as ingest --delta-bases)")
 	similar := fs.Bool("similar-search", true, "for delta configurations: store-wide similar-chunk search (as ingest --similar-search)")
-	reverse := fs.Bool("reverse-delta", false, "for delta configurations: reverse deltas (as ingest --reverse-delta)")
+	reverse := fs.Bool("reverse-delta", true, "for delta configurations: reverse deltas (as ingest --reverse-delta)")
 	depth := fs.Int("max-delta-depth", store.DefaultMaxDeltaDepth, "for delta configurations: longest delta chain (as ingest --max-delta-depth)")
 	fromJSON := fs.String("from-json", "", "re-render the table, CSV and charts from an earlier results.json instead of running")
 	tmp := fs.String("tmp", "", "where throwaway stores are made (default: the system temp dir)")

@@ -23,7 +23,7 @@ func dedupFlags(fs *flag.FlagSet, delta bool, normalizeHelp, deltaHelp string) *
 	fs.BoolVar(&c.delta, "delta", delta, deltaHelp)
 	fs.BoolVar(&c.similar, "similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index), for chunks the package's previous version has nothing like")
 	fs.IntVar(&c.bases, "delta-bases", 3, "with --delta: how many similar chunks (the best one and its neighbours) one delta may use as its dictionary, 1 to 4; more stores less, and costs ingest and read CPU")
-	fs.BoolVar(&c.reverse, "reverse-delta", false, "with --delta: store a package's new release plain and re-encode its previous release as deltas of it once the new one is recorded, so the release clients fetch reads without delta decoding (the chunk store must be able to replace blobs: a directory or S3)")
+	fs.BoolVar(&c.reverse, "reverse-delta", true, "with --delta: store a package's new release plain and re-encode its previous release as deltas of it once the new one is recorded, so the release clients fetch reads without delta decoding; off: the new release is stored as deltas of the previous one (less ingest CPU, slower reads of the newest release)")
 	fs.IntVar(&c.depth, "max-delta-depth", store.DefaultMaxDeltaDepth, fmt.Sprintf("with --delta: longest delta chain new chunks may extend (a base of a base of …), 1 to %d; deeper stores less for packages with many releases and costs reads one more decode per step (readers follow any depth up to %d)", store.MaxDeltaDepthLimit, store.MaxDeltaDepthLimit))
 	return c
 }

@@ -98,7 +98,8 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 		}
 		var nars, skipped int
 		var narBytes, upBytes, stored uint64
-		var newChunks int
+		var newChunks, rebased int
+		var rebaseSaved int64
 		for _, r := range rep.Results {
 			if r.Skipped {
 				skipped++
@@ -109,11 +110,16 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 			upBytes += r.UpstreamSize
 			stored += r.StoredBytes
 			newChunks += r.NewChunks
+			rebased += r.Rebased
+			rebaseSaved += r.RebaseSaved
 		}
 		el := time.Since(start)
 		fmt.Fprintf(env.stdout, "Ingested %d NARs (%d already stored, %d failed) in %s: %s NAR, %s from upstream, %d new chunks, %s stored (%.1f MB/s of NAR).\n",
 			nars, skipped, len(rep.Failures), el.Round(time.Millisecond), human(narBytes), human(upBytes), newChunks, human(stored),
 			float64(narBytes)/1e6/el.Seconds())
+		if rebased > 0 || rebaseSaved != 0 {
+			fmt.Fprintf(env.stdout, "Reverse deltas: %d chunks of previous releases re-encoded against the new ones, %s less stored.\n", rebased, humanSigned(rebaseSaved))
+		}
 		st, err := ix.Stats(ctx)
 		if err == nil {
 			fmt.Fprintln(env.stdout)

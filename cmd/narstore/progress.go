@@ -67,3 +67,11 @@ func human(n uint64) string {
 	}
 	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
 }
+
+// humanSigned is human for a count that may be negative.
+func humanSigned(n int64) string {
+	if n < 0 {
+		return "-" + human(uint64(-n))
+	}
+	return human(uint64(n))
+}

@@ -318,9 +318,14 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 		paths = append(paths, ni.StorePath)
 	}
 	data := t.TempDir()
-	for _, p := range paths {
-		if _, errs, code := narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(), "--closure", "--preset", "fastcdc-16k-64k-256k", p); code != 0 {
+	for i, p := range paths {
+		out, errs, code := narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(), "--closure", "--preset", "fastcdc-16k-64k-256k", p)
+		if code != 0 {
 			t.Fatal(errs)
+		}
+		// Reverse deltas (the default): release 1 is re-encoded against 2.
+		if rev := strings.Contains(out, "Reverse deltas: "); rev != (i == 1) {
+			t.Errorf("ingest of release %d: reverse deltas reported: %v\n%s", i+1, rev, out)
 		}
 	}
 	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
@@ -331,7 +336,7 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 		t.Fatal(err)
 	}
 	deltas, normalized := 0, 0
-	for _, p := range paths {
+	for i, p := range paths {
 		ni, _ := ix.NarInfo(t.Context(), narinfo.HashPart(p))
 		nar, _ := ix.NAR(t.Context(), ni.NarHash)
 		if nar.Transform == refnorm.Transform {
@@ -341,6 +346,9 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 			recs, _ := ix.Chunks(t.Context(), []chunker.ID{c.ID})
 			if store.Encoding(recs[0].Encoding).IsDelta() {
 				deltas++
+				if i == len(paths)-1 {
+					t.Errorf("the newest release has a delta chunk: with reverse deltas it is stored plain")
+				}
 			}
 		}
 	}
