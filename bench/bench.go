@@ -256,6 +256,9 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 	var rows []Row
 	pkgs := map[string]*PackageRow{}
 	owner := map[chunker.ID]string{} // package whose NAR stored the chunk first; for recompression's per-package figures
+	// storedSoFar is what ingest added to the store: new chunks, less what
+	// reverse deltas saved by rewriting older ones.
+	storedSoFar := func() int64 { return in.Progress.NewStoredBytes.Load() - in.Progress.RebaseSaved.Load() }
 	account := func(pname string, before int64, nar *index.NAR) {
 		p := pkgs[pname]
 		if p == nil {
@@ -270,7 +273,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 			}
 		}
 		p.UpstreamBytes += nar.UpstreamSize
-		p.StoredBytes += uint64(in.Progress.NewStoredBytes.Load() - before)
+		p.StoredBytes += uint64(storedSoFar() - before) // net of its previous release's rebase
 	}
 	var puts int64
 	for i, b := range o.Bumps {
@@ -295,7 +298,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 				return nil, nil, err
 			}
 			// The same path as an upload: upstream bytes are the file's bytes.
-			before := in.Progress.NewStoredBytes.Load()
+			before := storedSoFar()
 			nar, err := in.IngestUpload(ctx, fh, comp, 1<<40, base)
 			if err != nil {
 				return nil, nil, fmt.Errorf("%s: %w", f, err)
@@ -312,7 +315,7 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 				continue
 			}
 			seen[h] = true
-			before := in.Progress.NewStoredBytes.Load()
+			before := storedSoFar()
 			res, err := in.IngestPath(ctx, p)
 			if err != nil {
 				return nil, nil, err

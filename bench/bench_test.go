@@ -1,6 +1,7 @@
 package bench_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -177,5 +178,37 @@ func TestBenchRecompress(t *testing.T) {
 	}
 	if last := rc[len(rc)-1]; sum != last.StoredBytes {
 		t.Errorf("packages add up to %d stored bytes, the store holds %d", sum, last.StoredBytes)
+	}
+}
+
+// With reverse deltas, ingesting a release shrinks its predecessor: the
+// package's figures must take that off, so packages still add up to the
+// store, and the releases after the first cost little.
+func TestBenchReverseDeltasAddUp(t *testing.T) {
+	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	var bumps []bench.Bump
+	for v := range 3 {
+		n := append([]byte(nil), base...)
+		for i := 1000 + v*97; i+8 < len(n); i += 4 << 10 {
+			copy(n[i:], fmt.Sprintf("release%d", v))
+		}
+		f := filepath.Join(t.TempDir(), fmt.Sprintf("%s-tool-%d.0.nar", nixtest.RandomHashPart(), v+1))
+		if err := os.WriteFile(f, n, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		bumps = append(bumps, bench.Bump{Name: fmt.Sprintf("bump%d", v+1), Files: []string{f}})
+	}
+	res, err := bench.RunAll(t.Context(), bench.Options{Bumps: bumps, Configs: []bench.Config{{Preset: preset, Level: 3, Delta: true}}, ReverseDelta: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := res.Rows
+	last := rows[len(rows)-1]
+	if len(res.Packages) != 1 || res.Packages[0].StoredBytes != last.StoredBytes {
+		t.Errorf("packages %+v; the store holds %d bytes", res.Packages, last.StoredBytes)
+	}
+	if !last.ReverseDelta || last.StoredBytes > rows[0].StoredBytes*3/2 {
+		t.Errorf("three releases stored in %d bytes, the first alone in %d (reverse %v)", last.StoredBytes, rows[0].StoredBytes, last.ReverseDelta)
 	}
 }

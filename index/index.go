@@ -8,6 +8,12 @@
 //   - A chunk record exists only for a chunk whose blob is stored.
 //   - Deletion rule (GC): a chunk may be deleted only when no NAR lists it and
 //     no chunk record names it among its Bases.
+//   - A chunk record names every base its blob needs. Rebase (reverse deltas)
+//     changes a chunk's bases: the record changes first and the blob after,
+//     so a crash in between leaves a record naming bases the blob does not
+//     need (kept from deletion for nothing), never the reverse.
+//   - Delta bases form no cycle: a new chunk's bases are older chunks, and a
+//     rebase only takes bases that have no bases themselves.
 package index
 
 import (
