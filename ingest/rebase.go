@@ -8,6 +8,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/store"
 )
 
 // Reverse deltas (Options.ReverseDelta). Forward deltas store a package's
@@ -22,8 +23,8 @@ import (
 // A chunk is rewritten only onto plain chunks of the new release (which
 // keeps the graph free of cycles) and only when the chunks depending on it,
 // older releases rewritten before, stay within MaxDeltaDepth one step
-// deeper: a release whose rewrite would pass the cap stays plain, and the
-// chain starts again from it.
+// deeper. Where they would not, its direct dependents are first moved onto
+// the new release (rehomeDependents).
 
 // rebasePredecessor re-encodes the chunks of res.pred that nar does not
 // share as deltas of nar's plain chunks, each where that is DeltaMargin
@@ -104,31 +105,16 @@ func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *
 // chunks, if a delta of them is DeltaMargin smaller than its blob, and
 // returns the bytes saved (0 when it is left as it is).
 func (in *Ingester) rebaseChunk(ctx context.Context, di *deltaIndex, rec index.Chunk) (int64, rebaseOutcome, error) {
-	data, err := in.chunks.Get(ctx, rec.ID)
-	if err != nil {
-		return 0, 0, err
+	c, blob, bases, err := in.deltaOfNew(ctx, di, rec)
+	if err != nil || c.ID.IsZero() {
+		return 0, noMatch, err
 	}
-	feats := map[uint64]struct{}{}
-	features(data, feats)
-	m, ok := di.best(feats)
-	if !ok {
-		return 0, noMatch, nil
-	}
-	bases, _, _ := di.deltaBases(ctx, m, len(data), in.opts.DeltaBases)
-	if len(bases) == 0 {
-		return 0, noMatch, nil
-	}
-	blob, w, err := in.chunks.EncodeDelta(data, bases)
-	if err != nil {
-		return 0, 0, err
-	}
-	if float64(w.StoredSize) > float64(rec.StoredSize)*(1-in.opts.DeltaMargin) {
+	if float64(c.StoredSize) > float64(rec.StoredSize)*(1-in.opts.DeltaMargin) {
 		return 0, noGain, nil
 	}
-	c := index.Chunk{ID: rec.ID, Size: rec.Size, StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Level: uint8(w.Level)}
-	s := int64(rec.StoredSize) - int64(w.StoredSize)
+	s := int64(rec.StoredSize) - int64(c.StoredSize)
 	var grown int64 // by dependents moved to make room
-	ok, err = in.chunks.Rebase(ctx, rec.ID, blob, bases, func() (bool, error) {
+	ok, err := in.chunks.Rebase(ctx, rec.ID, blob, bases, func() (bool, error) {
 		r, err := in.ix.Rebase(ctx, c, rec, in.opts.MaxDeltaDepth)
 		if err == nil && r == index.RebaseTooDeep {
 			var moved bool
@@ -154,7 +140,7 @@ func (in *Ingester) rebaseChunk(ctx context.Context, di *deltaIndex, rec index.C
 // one, one step away, instead of keeping the chain growing. Without it id
 // would stay plain, a whole release stored plain every MaxDeltaDepth+1
 // releases (on the large corpus at level 3: 0.731 of xz after six bumps
-// against 0.654). A dependent moves only when it finds a delta base in the
+// against 0.627). A dependent moves only when it finds a delta base in the
 // new release and the dependents' deltas grow by less than budget (what
 // rebasing id saves) in all. It reports whether any moved, and by how many
 // bytes they grew.
@@ -173,30 +159,15 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, id chu
 		if rec.ID.IsZero() {
 			continue
 		}
-		data, err := in.chunks.Get(ctx, rec.ID)
-		if err != nil {
+		c, blob, bases, err := in.deltaOfNew(ctx, di, rec)
+		if err != nil || c.ID.IsZero() {
 			continue
 		}
-		feats := map[uint64]struct{}{}
-		features(data, feats)
-		m, ok := di.best(feats)
-		if !ok {
-			continue
-		}
-		bases, _, _ := di.deltaBases(ctx, m, len(data), in.opts.DeltaBases)
-		if len(bases) == 0 {
-			continue
-		}
-		blob, w, err := in.chunks.EncodeDelta(data, bases)
-		if err != nil {
-			continue
-		}
-		g := int64(w.StoredSize) - int64(rec.StoredSize)
+		g := int64(c.StoredSize) - int64(rec.StoredSize)
 		if grow+g >= budget {
 			continue
 		}
-		c := index.Chunk{ID: rec.ID, Size: rec.Size, StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Level: uint8(w.Level)}
-		ok, err = in.chunks.Rebase(ctx, rec.ID, blob, bases, func() (bool, error) {
+		ok, err := in.chunks.Rebase(ctx, rec.ID, blob, bases, func() (bool, error) {
 			r, err := in.ix.Rebase(ctx, c, rec, in.opts.MaxDeltaDepth)
 			return r == index.Rebased, err
 		})
@@ -208,6 +179,32 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, id chu
 		in.Progress.Rehomed.Add(1)
 	}
 	return moved, grow
+}
+
+// deltaOfNew encodes the chunk of record rec as a delta of the new
+// release's chunks (di), and returns its would-be record (zero if nothing
+// there is similar enough), blob and bases.
+func (in *Ingester) deltaOfNew(ctx context.Context, di *deltaIndex, rec index.Chunk) (index.Chunk, []byte, []store.Base, error) {
+	data, err := in.chunks.Get(ctx, rec.ID)
+	if err != nil {
+		return index.Chunk{}, nil, nil, err
+	}
+	feats := map[uint64]struct{}{}
+	features(data, feats)
+	m, ok := di.best(feats)
+	if !ok {
+		return index.Chunk{}, nil, nil, nil
+	}
+	bases, _, _ := di.deltaBases(ctx, m, len(data), in.opts.DeltaBases)
+	if len(bases) == 0 {
+		return index.Chunk{}, nil, nil, nil
+	}
+	blob, w, err := in.chunks.EncodeDelta(data, bases)
+	if err != nil {
+		return index.Chunk{}, nil, nil, err
+	}
+	c := index.Chunk{ID: rec.ID, Size: rec.Size, StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Level: uint8(w.Level)}
+	return c, blob, bases, nil
 }
 
 // rebaseOutcome is what became of one chunk rebasePredecessor looked at.
