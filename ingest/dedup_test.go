@@ -217,17 +217,8 @@ func TestSimilarSearchAcrossPackages(t *testing.T) {
 // back byte-exact with the reader's defaults, which follow any depth a
 // writer may choose.
 func TestMaxDeltaDepthSetting(t *testing.T) {
-	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
 	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
-	const releases = 6
-	var nars [][]byte
-	for v := range releases {
-		n := append([]byte(nil), base...)
-		for i := 1000 + v*97; i+8 < len(n); i += 4 << 10 {
-			copy(n[i:], fmt.Sprintf("release%d", v))
-		}
-		nars = append(nars, n)
-	}
+	nars := releases(t, 6)
 	for _, tc := range []struct {
 		limit   int
 		similar bool // each release a different package: only similar search finds bases
@@ -269,8 +260,8 @@ func TestMaxDeltaDepthSetting(t *testing.T) {
 					t.Fatalf("release %d does not read back byte-exact", v+1)
 				}
 			}
-			if deepest != min(tc.limit, releases-1) {
-				t.Errorf("deepest chain %d after %d releases with limit %d; want %d", deepest, releases, tc.limit, min(tc.limit, releases-1))
+			if deepest != min(tc.limit, len(nars)-1) {
+				t.Errorf("deepest chain %d after %d releases with limit %d; want %d", deepest, len(nars), tc.limit, min(tc.limit, len(nars)-1))
 			}
 		})
 	}

@@ -23,17 +23,9 @@ import (
 // together cost about what forward deltas cost. With a cap of 2, the fourth
 // release already needs the release past the cap moved onto the newest one.
 func TestReverseDeltas(t *testing.T) {
-	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
 	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
-	const releases, limit = 6, 2
-	var nars [][]byte
-	for v := range releases {
-		n := append([]byte(nil), base...)
-		for i := 1000 + v*97; i+8 < len(n); i += 4 << 10 {
-			copy(n[i:], fmt.Sprintf("release%d", v))
-		}
-		nars = append(nars, n)
-	}
+	const limit = 2
+	nars := releases(t, 6)
 	stored := map[bool]int64{}
 	for _, reverse := range []bool{false, true} {
 		e := newEnv(t)
@@ -86,29 +78,9 @@ func TestReverseDeltas(t *testing.T) {
 // limit.
 func checkChains(t *testing.T, e *env, limit int) {
 	t.Helper()
-	var ids []chunker.ID
-	err := e.dir.Walk(t.Context(), func(id chunker.ID, _ int64) error { ids = append(ids, id); return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	recs, err := e.ix.Chunks(t.Context(), ids)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bases := map[chunker.ID][]chunker.ID{}
+	ids, recs, bases := storedChunks(t, e)
 	recorded := map[chunker.ID]uint8{}
 	for i, id := range ids {
-		rc, err := e.dir.Get(t.Context(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		blob, _ := io.ReadAll(rc)
-		rc.Close()
-		_, refs, _, err := store.BlobHeader(blob)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bases[id] = store.IDs(refs)
 		if !slices.Equal(bases[id], recs[i].Bases) {
 			t.Errorf("chunk %s: blob names bases %v, index %v", id, bases[id], recs[i].Bases)
 		}
@@ -131,6 +103,38 @@ func checkChains(t *testing.T, e *env, limit int) {
 			t.Errorf("chunk %s: chain depth %d, recorded %d, limit %d", id, d, recorded[id], limit)
 		}
 	}
+}
+
+// storedChunks lists every chunk in e's store, its index record, and the
+// bases its blob names.
+func storedChunks(t *testing.T, e *env) ([]chunker.ID, []index.Chunk, map[chunker.ID][]chunker.ID) {
+	t.Helper()
+	var ids []chunker.ID
+	if err := e.dir.Walk(t.Context(), func(id chunker.ID, _ int64) error { ids = append(ids, id); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := e.ix.Chunks(t.Context(), ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bases := map[chunker.ID][]chunker.ID{}
+	for _, id := range ids {
+		rc, err := e.dir.Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blob, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, refs, _, err := store.BlobHeader(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bases[id] = store.IDs(refs)
+	}
+	return ids, recs, bases
 }
 
 // Reverse deltas rewrite blobs, so a store that cannot is refused up front.
@@ -166,19 +170,13 @@ func (failingRebase) Rebase(context.Context, index.Chunk, index.Chunk, int) (ind
 // still reads back byte-exact and every base a blob needs is named in the
 // index (the deletion rule): the index is written before the blob.
 func TestReverseDeltaFailuresKeepBasesNamed(t *testing.T) {
-	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
 	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	nars := releases(t, 3)
 	for _, fail := range []string{"store", "index"} {
 		t.Run(fail, func(t *testing.T) {
 			e := newEnv(t)
 			var nis []*narinfo.NarInfo
-			var nars [][]byte
-			for v := range 3 {
-				n := append([]byte(nil), base...)
-				for i := 1000 + v*97; i+8 < len(n); i += 4 << 10 {
-					copy(n[i:], fmt.Sprintf("release%d", v))
-				}
-				nars = append(nars, n)
+			for v, n := range nars {
 				nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
 			}
 			var ix ingest.Index = e.ix
@@ -210,25 +208,10 @@ func TestReverseDeltaFailuresKeepBasesNamed(t *testing.T) {
 					t.Fatalf("release %d does not read back byte-exact", v+1)
 				}
 			}
-			var ids []chunker.ID
-			e.dir.Walk(t.Context(), func(id chunker.ID, _ int64) error { ids = append(ids, id); return nil })
-			recs, err := e.ix.Chunks(t.Context(), ids)
-			if err != nil {
-				t.Fatal(err)
-			}
+			ids, recs, blobBases := storedChunks(t, e)
 			named := 0
 			for i, id := range ids {
-				rc, err := e.dir.Get(t.Context(), id)
-				if err != nil {
-					t.Fatal(err)
-				}
-				blob, _ := io.ReadAll(rc)
-				rc.Close()
-				_, refs, _, err := store.BlobHeader(blob)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, b := range store.IDs(refs) {
+				for _, b := range blobBases[id] {
 					if !slices.Contains(recs[i].Bases, b) {
 						t.Errorf("chunk %s: its blob needs base %s, which its index record does not name", id, b)
 					}
