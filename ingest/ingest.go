@@ -317,6 +317,12 @@ func (in *Ingester) UpstreamNarInfo(ctx context.Context, h string) (*narinfo.Nar
 	return ni, nil
 }
 
+// Committer is implemented by a tee (IngestFromUpstream) that wants to know
+// as soon as the NAR is verified and recorded, before the work that follows
+// it (reverse deltas' rewrite of the package's previous release): a client
+// streaming the NAR through the tee need not wait for that work.
+type Committer interface{ Committed() }
+
 // IngestFromUpstream downloads and ingests the NAR of a trusted narinfo. If
 // tee is not nil, the NAR bytes are written to it as they are verified-in-
 // progress (the final verdict is this method's error).
@@ -407,6 +413,9 @@ func (in *Ingester) ingestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.
 	}
 	res.Duration = time.Since(start)
 	in.Progress.NARsDone.Add(1)
+	if c, ok := tee.(Committer); ok {
+		c.Committed()
+	}
 	if res.pred != nil {
 		in.rebasePredecessor(ctx, nar, res)
 	}

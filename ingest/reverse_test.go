@@ -227,3 +227,43 @@ func TestReverseDeltaFailuresKeepBasesNamed(t *testing.T) {
 		})
 	}
 }
+
+// committedTee counts the bytes it gets and what ingest had rebased and
+// written when it was told the NAR is committed.
+type committedTee struct {
+	in                      *ingest.Ingester
+	n                       int
+	atCommit, bytesAtCommit int
+	committed               bool
+}
+
+func (c *committedTee) Write(p []byte) (int, error) { c.n += len(p); return len(p), nil }
+func (c *committedTee) Committed() {
+	c.committed, c.atCommit, c.bytesAtCommit = true, int(c.in.Progress.Rebased.Load()), c.n
+}
+
+// A pull-through client streams the NAR through the tee: it learns that the
+// NAR is verified and recorded before the previous release is rewritten, so
+// it does not wait for that.
+func TestReverseDeltaTeeCommittedBeforeRebase(t *testing.T) {
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	nars := releases(t, 2)
+	e := newEnv(t)
+	var nis []*narinfo.NarInfo
+	for v, n := range nars {
+		nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
+	}
+	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.ReverseDelta, o.Preset = true, true, preset })
+	for v, ni := range nis {
+		tee := &committedTee{in: in}
+		if _, err := in.IngestFromUpstream(t.Context(), ni, tee); err != nil {
+			t.Fatal(err)
+		}
+		if !tee.committed || tee.bytesAtCommit != len(nars[v]) || tee.atCommit != 0 {
+			t.Errorf("release %d: committed %v with %d of %d bytes, after %d rebased chunks", v+1, tee.committed, tee.bytesAtCommit, len(nars[v]), tee.atCommit)
+		}
+	}
+	if in.Progress.Rebased.Load() == 0 {
+		t.Error("release 1 was not rebased onto release 2")
+	}
+}

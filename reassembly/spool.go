@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"sync"
+
+	"github.com/narstore/narstore/ingest"
 )
 
 // spool holds the bytes of a NAR that is being ingested from upstream, so
@@ -47,17 +49,30 @@ func (s *spool) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// finish records the ingest's verdict (nil: verified and committed).
+// finish records the ingest's verdict (nil: verified and committed), unless
+// Committed gave it already, and lets the spool go.
 func (s *spool) finish(err error) {
+	s.verdict(err)
+	s.release()
+}
+
+// Committed implements ingest.Committer: the NAR is verified and recorded,
+// so readers get its last byte now, not after the work ingest does next.
+func (s *spool) Committed() { s.verdict(nil) }
+
+// verdict records the first verdict and wakes the readers.
+func (s *spool) verdict(err error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return
+	}
 	s.done = true
 	s.err = err
 	if err == nil && s.written != s.size {
 		s.err = errors.New("spool length differs from NarSize")
 	}
 	s.notify()
-	s.mu.Unlock()
-	s.release()
 }
 
 func (s *spool) notify() {
@@ -132,3 +147,5 @@ func (r *spoolReader) Close() error {
 	r.s.release()
 	return nil
 }
+
+var _ ingest.Committer = (*spool)(nil)
