@@ -130,8 +130,8 @@ type deltaIndex struct {
 	// deltas, where the package's predecessor is re-encoded against them).
 	// Their sampled features are captured (and their bytes spilled), so the
 	// rebase that follows indexes them without decoding them again (that
-	// was 11% of bump 5's reverse-delta ingest profile at one core; the
-	// rebuilt binary took 0.87-0.89 of the time in two of three pairs).
+	// was 11% of bump 5's reverse-delta ingest profile at one core; with
+	// the capture it took 0.87-0.93 of the time, three interleaved pairs).
 	plain      bool
 	capturedMu sync.Mutex
 	captured   map[chunker.ID][]uint64
