@@ -389,6 +389,7 @@ func (in *Ingester) newDeltaIndex(ctx context.Context, pred *index.NAR, below in
 			for _, x := range f {
 				di.inv = append(di.inv, featBase{x, idx})
 			}
+			delete(captured, id) // in inv now: not kept twice
 			continue
 		}
 		data, err := di.cache.get(ctx, id)
