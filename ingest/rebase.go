@@ -105,11 +105,21 @@ func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *
 // chunks, if a delta of them is DeltaMargin smaller than its blob, and
 // returns the bytes saved (0 when it is left as it is).
 func (in *Ingester) rebaseChunk(ctx context.Context, di *deltaIndex, rec index.Chunk) (int64, rebaseOutcome, error) {
-	c, blob, bases, err := in.deltaOfNew(ctx, di, rec)
+	c, blob, bases, data, err := in.deltaOfNew(ctx, di, rec)
 	if err != nil || c.ID.IsZero() {
 		return 0, noMatch, err
 	}
-	if float64(c.StoredSize) > float64(rec.StoredSize)*(1-in.opts.DeltaMargin) {
+	// The delta must beat the chunk plain by the margin, both at the level
+	// ingest encodes at: a blob recompressed since (narstore recompress)
+	// would otherwise keep most chunks plain, though the delta shrinks as
+	// much once recompressed in turn.
+	plain := rec.StoredSize
+	if rec.Level > c.Level {
+		pb, pw := in.chunks.Encode(data)
+		in.chunks.Recycle(pb)
+		plain = uint32(pw.StoredSize)
+	}
+	if float64(c.StoredSize) > float64(plain)*(1-in.opts.DeltaMargin) {
 		return 0, noGain, nil
 	}
 	s := int64(rec.StoredSize) - int64(c.StoredSize)
@@ -159,7 +169,7 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, id chu
 		if rec.ID.IsZero() {
 			continue
 		}
-		c, blob, bases, err := in.deltaOfNew(ctx, di, rec)
+		c, blob, bases, _, err := in.deltaOfNew(ctx, di, rec)
 		if err != nil || c.ID.IsZero() {
 			continue
 		}
@@ -183,28 +193,28 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, id chu
 
 // deltaOfNew encodes the chunk of record rec as a delta of the new
 // release's chunks (di), and returns its would-be record (zero if nothing
-// there is similar enough), blob and bases.
-func (in *Ingester) deltaOfNew(ctx context.Context, di *deltaIndex, rec index.Chunk) (index.Chunk, []byte, []store.Base, error) {
+// there is similar enough), blob, bases and the chunk's bytes.
+func (in *Ingester) deltaOfNew(ctx context.Context, di *deltaIndex, rec index.Chunk) (index.Chunk, []byte, []store.Base, []byte, error) {
 	data, err := in.chunks.Get(ctx, rec.ID)
 	if err != nil {
-		return index.Chunk{}, nil, nil, err
+		return index.Chunk{}, nil, nil, nil, err
 	}
 	feats := map[uint64]struct{}{}
 	features(data, feats)
 	m, ok := di.best(feats)
 	if !ok {
-		return index.Chunk{}, nil, nil, nil
+		return index.Chunk{}, nil, nil, data, nil
 	}
 	bases, _, _ := di.deltaBases(ctx, m, len(data), in.opts.DeltaBases)
 	if len(bases) == 0 {
-		return index.Chunk{}, nil, nil, nil
+		return index.Chunk{}, nil, nil, data, nil
 	}
 	blob, w, err := in.chunks.EncodeDelta(data, bases)
 	if err != nil {
-		return index.Chunk{}, nil, nil, err
+		return index.Chunk{}, nil, nil, nil, err
 	}
 	c := index.Chunk{ID: rec.ID, Size: rec.Size, StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Level: uint8(w.Level)}
-	return c, blob, bases, nil
+	return c, blob, bases, data, nil
 }
 
 // rebaseOutcome is what became of one chunk rebasePredecessor looked at.
