@@ -267,3 +267,39 @@ func TestReverseDeltaTeeCommittedBeforeRebase(t *testing.T) {
 		t.Error("release 1 was not rebased onto release 2")
 	}
 }
+
+// A predecessor recompressed since it was stored (recorded at a level above
+// ingest's, in fewer bytes) is judged against plain at ingest's level: the
+// delta is recompressed in turn later. Here the recorded sizes are shrunk far
+// below anything a delta reaches, which only that rule sees past.
+func TestReverseDeltaJudgesRecompressedAtIngestLevel(t *testing.T) {
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	nars := releases(t, 2)
+	e := newEnv(t)
+	var nis []*narinfo.NarInfo
+	for v, n := range nars {
+		nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
+	}
+	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.ReverseDelta, o.Preset = true, true, preset })
+	if _, err := in.IngestPath(t.Context(), nis[0].StorePath); err != nil {
+		t.Fatal(err)
+	}
+	ids, recs, _ := storedChunks(t, e)
+	for i, id := range ids {
+		if err := e.ix.Recoded(t.Context(), id, max(recs[i].StoredSize/1000, 1), recs[i].Encoding, 19); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := in.IngestPath(t.Context(), nis[1].StorePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rebased == 0 {
+		t.Error("no chunk of a recompressed predecessor was rebased")
+	}
+	for v, ni := range nis {
+		if got := e.readBack(t, ni); string(got) != string(nars[v]) {
+			t.Fatalf("release %d does not read back byte-exact", v+1)
+		}
+	}
+}
