@@ -49,6 +49,7 @@ type Index interface {
 	SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error)
 	Rebase(ctx context.Context, c index.Chunk, old index.Chunk, maxDepth int) (index.RebaseResult, error)
 	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
+	StorePaths(ctx context.Context, narHash [32]byte) ([]string, error)
 }
 
 // Options configure an Ingester.
@@ -396,7 +397,8 @@ func (in *Ingester) ingestNAR(ctx context.Context, ni *narinfo.NarInfo, body io.
 		refs = append(refs, narinfo.HashPart(r))
 	}
 	nar, newChunks, err := in.ingestStream(ctx, streamReq{what: ni.StorePath, wantHash: &ni.NarHash, size: ni.NarSize,
-		body: body, compression: compression, tee: tee, refs: refs, pname: narinfo.PName(ni.StorePath)}, res)
+		body: body, compression: compression, tee: tee, refs: refs, pname: narinfo.PName(ni.StorePath),
+		version: narinfo.Version(ni.StorePath)}, res)
 	defer res.release()
 	if err != nil {
 		in.Progress.NARsFailed.Add(1)
@@ -440,6 +442,25 @@ type streamReq struct {
 	tee         io.Writer // receives the NAR bytes as read; may be nil
 	refs        []string  // hash parts to normalize (with Options.Normalize)
 	pname       string    // package name, for delta bases and lineage; may be ""
+	version     string    // its version, to tell whether it is older than the stored one; may be ""
+}
+
+// olderThan reports whether version is older than that of a store path of
+// pred (Nix's version order). Reverse deltas then leave pred plain and store
+// the older release as deltas of it, so that ingesting an old release after
+// a new one (a backfill, a client pulling an old channel through) does not
+// turn the newer release into deltas.
+func (in *Ingester) olderThan(ctx context.Context, version string, pred *index.NAR) bool {
+	paths, err := in.ix.StorePaths(ctx, pred.Hash)
+	if err != nil {
+		return false
+	}
+	for _, p := range paths {
+		if narinfo.CompareVersions(version, narinfo.Version(p)) < 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // ingestStream reads, verifies, chunks and stores one NAR. With wantHash nil
@@ -501,7 +522,7 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 				pred = p
 			}
 		}
-		if in.opts.ReverseDelta && pred != nil {
+		if in.opts.ReverseDelta && pred != nil && !in.olderThan(ctx, req.version, pred) {
 			// The new release is stored plain; once it is recorded, its
 			// predecessor is re-encoded against it (rebasePredecessor),
 			// which takes di over (and closes it).
@@ -775,7 +796,7 @@ func (in *Ingester) syncChunks(ctx context.Context, newChunks []index.Chunk) err
 func (in *Ingester) IngestUpload(ctx context.Context, body io.ReadCloser, compression string, maxSize uint64, name string) (*index.NAR, error) {
 	res := &Result{}
 	nar, newChunks, err := in.ingestStream(ctx, streamReq{what: "upload", size: maxSize, body: body, compression: compression,
-		pname: narinfo.PName(name)}, res)
+		pname: narinfo.PName(name), version: narinfo.Version(name)}, res)
 	defer res.release()
 	if err != nil {
 		in.Progress.NARsFailed.Add(1)

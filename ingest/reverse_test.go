@@ -303,3 +303,33 @@ func TestReverseDeltaJudgesRecompressedAtIngestLevel(t *testing.T) {
 		}
 	}
 }
+
+// An older release ingested after a newer one (a backfill, or a client
+// pulling an old channel through) is stored as deltas of the newer one,
+// which stays plain: version order decides, not ingest order.
+func TestReverseDeltaOlderReleaseAfterNewer(t *testing.T) {
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	nars := releases(t, 2)
+	e := newEnv(t)
+	older := e.cache.Add(t, nixtest.Path{Name: "tool-1.9.0", NAR: nars[0], Compression: "zstd"})
+	newer := e.cache.Add(t, nixtest.Path{Name: "tool-1.10.0", NAR: nars[1], Compression: "zstd"})
+	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.ReverseDelta, o.Preset = true, true, preset })
+	for _, ni := range []*narinfo.NarInfo{newer, older} {
+		if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nNewer, _ := e.ix.NAR(t.Context(), newer.NarHash)
+	nOlder, _ := e.ix.NAR(t.Context(), older.NarHash)
+	if d := deltaChunks(t, e.ix, nNewer); len(d) > 0 || in.Progress.Rebased.Load() > 0 {
+		t.Errorf("the newer release (ingested first) has %d delta chunks, %d rebased; want it plain", len(d), in.Progress.Rebased.Load())
+	}
+	if len(deltaChunks(t, e.ix, nOlder)) == 0 {
+		t.Error("the older release was not stored as deltas of the newer one")
+	}
+	for ni, want := range map[*narinfo.NarInfo][]byte{older: nars[0], newer: nars[1]} {
+		if got := e.readBack(t, ni); string(got) != string(want) {
+			t.Fatalf("%s does not read back byte-exact", ni.StorePath)
+		}
+	}
+}

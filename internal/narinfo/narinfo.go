@@ -398,3 +398,91 @@ func PName(p string) string {
 	}
 	return name
 }
+
+// Version returns the version part of a store path or basename: what
+// follows PName and its "-" ("" if there is none).
+func Version(p string) string {
+	base := strings.TrimPrefix(p, StoreDir+"/")
+	if len(base) <= HashPartLen+1 || base[HashPartLen] != '-' {
+		return ""
+	}
+	name := base[HashPartLen+1:]
+	pn := PName(p)
+	if len(name) <= len(pn)+1 {
+		return ""
+	}
+	return name[len(pn)+1:]
+}
+
+// CompareVersions orders two versions as Nix's builtins.compareVersions
+// does: -1, 0 or 1. Versions split into components at "." and "-" and
+// between digits and other characters; numbers compare as numbers, "pre"
+// comes before anything else, a missing component before a number, and
+// other strings compare as strings (so 2.3pre1 < 2.3 < 2.3a < 2.3.1).
+func CompareVersions(a, b string) int {
+	for a != "" || b != "" {
+		var ca, cb string
+		ca, a = nextVersionComponent(a)
+		cb, b = nextVersionComponent(b)
+		if componentLess(ca, cb) {
+			return -1
+		}
+		if componentLess(cb, ca) {
+			return 1
+		}
+	}
+	return 0
+}
+
+func nextVersionComponent(s string) (string, string) {
+	i := 0
+	for i < len(s) && (s[i] == '.' || s[i] == '-') {
+		i++
+	}
+	s = s[i:]
+	if s == "" {
+		return "", ""
+	}
+	j := 0
+	if isDigit(s[0]) {
+		for j < len(s) && isDigit(s[j]) {
+			j++
+		}
+	} else {
+		for j < len(s) && !isDigit(s[j]) && s[j] != '.' && s[j] != '-' {
+			j++
+		}
+	}
+	return s[:j], s[j:]
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+func componentLess(c1, c2 string) bool {
+	n1, ok1 := versionNumber(c1)
+	n2, ok2 := versionNumber(c2)
+	switch {
+	case ok1 && ok2:
+		return len(n1) < len(n2) || (len(n1) == len(n2) && n1 < n2)
+	case c1 == "" && ok2:
+		return true
+	case c1 == "pre" && c2 != "pre":
+		return true
+	case c2 == "pre":
+		return false
+	case ok2: // 2.3a < 2.3.1
+		return true
+	case ok1:
+		return false
+	}
+	return c1 < c2
+}
+
+// versionNumber returns a component of digits without leading zeros (any
+// length: such numbers compare by length, then digit by digit).
+func versionNumber(c string) (string, bool) {
+	if c == "" || !isDigit(c[0]) {
+		return "", false
+	}
+	return strings.TrimLeft(c, "0"), true
+}

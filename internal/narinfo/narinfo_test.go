@@ -136,3 +136,38 @@ func TestPName(t *testing.T) {
 		}
 	}
 }
+
+func TestVersion(t *testing.T) {
+	for in, want := range map[string]string{
+		"/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432": "1.60_p20170221182432",
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-typescript-5.4.5":                          "5.4.5",
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-nodejs-system":                             "",
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-foo-2.0-bin":                               "2.0-bin",
+		"short": "",
+	} {
+		if got := narinfo.Version(in); got != want {
+			t.Errorf("Version(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The cases of Nix's documentation of builtins.compareVersions, and more.
+func TestCompareVersions(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		want int
+	}{
+		{"1.0", "2.3", -1}, {"2.1", "2.3", -1}, {"2.3", "2.3", 0}, {"2.5", "2.3", 1}, {"3.1", "2.3", 1},
+		{"2.3.1", "2.3", 1}, {"2.3.1", "2.3a", 1}, {"2.3pre1", "2.3", -1}, {"2.3pre3", "2.3pre12", -1},
+		{"2.3a", "2.3c", -1}, {"2.3pre1", "2.3c", -1}, {"2.3pre1", "2.3q", -1},
+		{"5.10.0", "5.9.9", 1}, {"1.1.410", "1.1.411", -1}, {"007", "7", 0}, {"", "1", -1},
+		{"12345678901234567890123", "12345678901234567890124", -1},
+	} {
+		if got := narinfo.CompareVersions(c.a, c.b); got != c.want {
+			t.Errorf("CompareVersions(%q, %q) = %d, want %d", c.a, c.b, got, c.want)
+		}
+		if got := narinfo.CompareVersions(c.b, c.a); got != -c.want {
+			t.Errorf("CompareVersions(%q, %q) = %d, want %d", c.b, c.a, got, -c.want)
+		}
+	}
+}
