@@ -49,15 +49,21 @@ type Store interface {
 }
 
 // Replacer is implemented by stores that can rewrite a stored blob in
-// place, for recompression (Chunks.Recode). Replace stores blob under id
-// instead of the blob there, atomically and durably: a reader sees the old
-// blob or the new one, whole, and the new one survives a crash once Replace
-// returns. The caller guarantees both blobs decode to the same chunk; a blob
-// that is not there is ErrNotFound (Replace never creates one, so a blob
-// deleted meanwhile stays deleted).
+// place, for recompression (Chunks.Recode) and reverse deltas
+// (Chunks.Rebase). Replace stores blob under id instead of the blob there,
+// atomically and durably: a reader sees the old blob or the new one, whole,
+// and the new one survives a crash once Replace returns. The caller
+// guarantees both blobs decode to the same chunk; a blob that is not there
+// is ErrNotFound (Replace does not create one).
 //
-// Rewrites and deletions must not interleave on one chunk: a recompression
-// and a GC never run at once (both hold the "maintenance" lock).
+// Rewrites and deletions must not interleave on one chunk, because a
+// deletion between Replace's check and its write would leave the new blob
+// behind without a record. A recompression and a GC never run at once (both
+// hold the "maintenance" lock). Reverse deltas rewrite, during ingest, chunks
+// of the package's previous NAR, which is recorded and listed; a GC must not
+// delete a NAR's chunks while the package's next NAR is being ingested (it
+// holds that NAR's ingest lock), or must remove blobs without a record on a
+// later pass.
 type Replacer interface {
 	Replace(ctx context.Context, id chunker.ID, blob []byte) error
 }
