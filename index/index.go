@@ -101,6 +101,17 @@ type Stats struct {
 	StoredBytes  uint64 `json:"stored_bytes"`
 }
 
+// DepthStats is what the chunks at one delta depth hold.
+type DepthStats struct {
+	Depth       int    `json:"depth"`
+	Chunks      int64  `json:"chunks"`
+	ChunkBytes  uint64 `json:"chunk_bytes"`
+	StoredBytes uint64 `json:"stored_bytes"`
+}
+
+// depthsQuery is Depths' query, the same in both SQL dialects.
+const depthsQuery = `SELECT depth, count(*), coalesce(sum(size),0), coalesce(sum(stored_size),0) FROM chunks GROUP BY depth ORDER BY depth`
+
 // Index is the full contract a backend implements. Consumers declare the
 // narrow subset they use. All methods are safe for concurrent use, also from
 // several processes sharing one database.
@@ -175,6 +186,9 @@ type Index interface {
 	Pending(ctx context.Context, narHash [32]byte) (*narinfo.NarInfo, error)
 	// Stats summarises the index.
 	Stats(ctx context.Context) (Stats, error)
+	// Depths counts the chunks at each delta depth (0: plain), shallowest
+	// first.
+	Depths(ctx context.Context) ([]DepthStats, error)
 	// Close releases the backend.
 	Close() error
 }

@@ -506,6 +506,25 @@ func (p *Postgres) Stats(ctx context.Context) (Stats, error) {
 	return st, err
 }
 
+// Depths implements Index.
+func (p *Postgres) Depths(ctx context.Context) ([]DepthStats, error) {
+	rows, err := p.pool.Query(ctx, depthsQuery)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []DepthStats
+	for rows.Next() {
+		var depth int16
+		var n, size, stored int64
+		if err := rows.Scan(&depth, &n, &size, &stored); err != nil {
+			return nil, err
+		}
+		out = append(out, DepthStats{Depth: int(depth), Chunks: n, ChunkBytes: uint64(size), StoredBytes: uint64(stored)})
+	}
+	return out, rows.Err()
+}
+
 // AddPending implements Index.
 func (p *Postgres) AddPending(ctx context.Context, ni *narinfo.NarInfo) error {
 	now := p.now()

@@ -531,6 +531,24 @@ func (s *SQLite) Stats(ctx context.Context) (Stats, error) {
 	return st, err
 }
 
+// Depths implements Index.
+func (s *SQLite) Depths(ctx context.Context) ([]DepthStats, error) {
+	rows, err := s.db.QueryContext(ctx, depthsQuery)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []DepthStats
+	for rows.Next() {
+		var d DepthStats
+		if err := rows.Scan(&d.Depth, &d.Chunks, &d.ChunkBytes, &d.StoredBytes); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
 // Footprint is the index's size: rows per table and bytes on disk.
 type Footprint struct {
 	Rows  int64 `json:"rows"`

@@ -51,6 +51,11 @@ type statsJSON struct {
 	Chunks            int64   `json:"chunks"`
 	StoredBytes       uint64  `json:"stored_bytes"`
 	StoredPerUpstream float64 `json:"stored_per_upstream"`
+	Depths            []struct {
+		Depth       int    `json:"depth"`
+		Chunks      int64  `json:"chunks"`
+		StoredBytes uint64 `json:"stored_bytes"`
+	} `json:"depths"`
 }
 
 func stats(t *testing.T, data string) statsJSON {

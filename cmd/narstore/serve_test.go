@@ -331,6 +331,17 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
 		t.Fatalf("verify: %s %s", out, errs)
 	}
+	// stats counts the chunks per delta depth, adding up to all of them.
+	st := stats(t, data)
+	var n int64
+	var stored uint64
+	for _, d := range st.Depths {
+		n += d.Chunks
+		stored += d.StoredBytes
+	}
+	if len(st.Depths) < 2 || st.Depths[0].Depth != 0 || n != st.Chunks || stored != st.StoredBytes {
+		t.Errorf("stats depths %+v do not add up to %d chunks, %d bytes", st.Depths, st.Chunks, st.StoredBytes)
+	}
 	ix, err := index.OpenSQLite(filepath.Join(data, "index.db"), nil)
 	if err != nil {
 		t.Fatal(err)

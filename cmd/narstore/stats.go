@@ -28,19 +28,31 @@ func setupStats(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
+		depths, err := ix.Depths(ctx)
+		if err != nil {
+			return err
+		}
 		if *asJSON {
 			out := struct {
 				index.Stats
-				StoredPerUpstream float64 `json:"stored_per_upstream"`
-				StoredPerNAR      float64 `json:"stored_per_nar"`
-				NotRecompressed   int64   `json:"chunks_below_recompress_level"`
-			}{st, ratio(st.StoredBytes, st.UpstreamSize), ratio(st.StoredBytes, st.NARBytes), below}
+				StoredPerUpstream float64            `json:"stored_per_upstream"`
+				StoredPerNAR      float64            `json:"stored_per_nar"`
+				NotRecompressed   int64              `json:"chunks_below_recompress_level"`
+				Depths            []index.DepthStats `json:"depths"`
+			}{st, ratio(st.StoredBytes, st.UpstreamSize), ratio(st.StoredBytes, st.NARBytes), below, depths}
 			enc := json.NewEncoder(env.stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(out)
 		}
 		writeStats(env.stdout, st)
 		fmt.Fprintf(env.stdout, "Not yet recompressed:      %d chunks (%s) below zstd level %d (narstore recompress)\n", below, human(uint64(belowBytes)), recompress.DefaultLevel)
+		for _, d := range depths {
+			what := fmt.Sprintf("Delta depth %d:", d.Depth)
+			if d.Depth == 0 {
+				what = "Plain chunks (depth 0):"
+			}
+			fmt.Fprintf(env.stdout, "%-26s %d chunks, %s stored for %s\n", what, d.Chunks, human(d.StoredBytes), human(d.ChunkBytes))
+		}
 		return nil
 	}
 }

@@ -517,6 +517,14 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		if err != nil || st.StoredBytes != 7*50+8 {
 			t.Errorf("stored bytes after rebase: %d, %v; want %d", st.StoredBytes, err, 7*50+8)
 		}
+		depths, err := ix.Depths(ctx)
+		d := func(depth int, n int64, size, stored uint64) index.DepthStats {
+			return index.DepthStats{Depth: depth, Chunks: n, ChunkBytes: size, StoredBytes: stored}
+		}
+		wantDepths := []index.DepthStats{d(0, 5, 500, 250), d(1, 1, 100, 8), d(2, 1, 100, 50), d(3, 1, 100, 50)}
+		if err != nil || !reflect.DeepEqual(depths, wantDepths) {
+			t.Errorf("Depths = %+v, %v; want %+v", depths, err, wantDepths)
+		}
 	})
 
 	t.Run("ConcurrentRebasesFormNoCycle", func(t *testing.T) {
