@@ -621,7 +621,7 @@ type pgRebase struct {
 }
 
 func (r pgRebase) rows(ids []chunker.ID, lock bool) (map[chunker.ID]rebaseRow, error) {
-	q := `SELECT id, stored_size, encoding, base_id, depth FROM chunks WHERE id = ANY($1) ORDER BY id`
+	q := `SELECT id, stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ANY($1) ORDER BY id`
 	if lock {
 		q += ` FOR UPDATE`
 	}
@@ -634,11 +634,11 @@ func (r pgRebase) rows(ids []chunker.ID, lock bool) (map[chunker.ID]rebaseRow, e
 	for rows.Next() {
 		var idb, base []byte
 		var stored int32
-		var enc, depth int16
-		if err := rows.Scan(&idb, &stored, &enc, &base, &depth); err != nil {
+		var enc, depth, level int16
+		if err := rows.Scan(&idb, &stored, &enc, &base, &depth, &level); err != nil {
 			return nil, err
 		}
-		out[chunker.ID(idb)] = rebaseRow{found: true, storedSize: uint32(stored), encoding: uint8(enc), firstBase: base, depth: uint8(depth)}
+		out[chunker.ID(idb)] = rebaseRow{found: true, storedSize: uint32(stored), encoding: uint8(enc), firstBase: base, depth: uint8(depth), level: uint8(level)}
 	}
 	return out, rows.Err()
 }

@@ -38,6 +38,15 @@ type rebaseRow struct {
 	encoding   uint8
 	firstBase  []byte // chunks.base_id: nil for a chunk without bases
 	depth      uint8
+	level      uint8
+}
+
+// sameFirstBase reports whether a record's base_id is the first of bases.
+func sameFirstBase(first []byte, bases []chunker.ID) bool {
+	if len(bases) == 0 {
+		return first == nil
+	}
+	return first != nil && chunker.ID(first) == bases[0]
 }
 
 // rebaseTx is what rebase needs inside one transaction, in either dialect.
@@ -72,7 +81,7 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 	}
 	// Compare and swap: the chunk is still as the caller read it, so its
 	// blob is the one the caller is about to replace.
-	if cur.storedSize != old.StoredSize || cur.encoding != old.Encoding || (cur.firstBase == nil) != (len(old.Bases) == 0) {
+	if cur.storedSize != old.StoredSize || cur.encoding != old.Encoding || cur.level != old.Level || !sameFirstBase(cur.firstBase, old.Bases) {
 		return RebaseStale, nil
 	}
 	var depth uint8

@@ -681,8 +681,8 @@ func (r sqliteRebase) rows(ids []chunker.ID, _ bool) (map[chunker.ID]rebaseRow, 
 	out := map[chunker.ID]rebaseRow{}
 	for _, id := range ids {
 		row := rebaseRow{found: true}
-		err := r.tx.QueryRowContext(r.ctx, `SELECT stored_size, encoding, base_id, depth FROM chunks WHERE id = ?`, id[:]).
-			Scan(&row.storedSize, &row.encoding, &row.firstBase, &row.depth)
+		err := r.tx.QueryRowContext(r.ctx, `SELECT stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ?`, id[:]).
+			Scan(&row.storedSize, &row.encoding, &row.firstBase, &row.depth, &row.level)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		}

@@ -490,8 +490,14 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 			t.Errorf("dependents' depths after rebase: %d, %d; want 2, 3", d0, d1)
 		}
 		// The caller's view is stale now: a second rebase from it is refused.
+		// Stale views that match the record but for one field.
+		otherFirst, otherLevel := want, want
+		otherFirst.Bases = []chunker.ID{newer[2].ID, newer[0].ID}
+		otherLevel.Level = 19
 		for name, try := range map[string][2]index.Chunk{
-			"from a stale record": {delta(old[0].ID, store.EncZstdDelta, 9, newer[2].ID), old[0]},
+			"from a stale record":                   {delta(old[0].ID, store.EncZstdDelta, 9, newer[2].ID), old[0]},
+			"from a record with another first base": {delta(old[0].ID, store.EncZstdDelta, 9, newer[2].ID), otherFirst},
+			"from a record at another level":        {delta(old[0].ID, store.EncZstdDelta, 9, newer[2].ID), otherLevel},
 			// A base with bases (old[0] now): no cycle can form.
 			"onto a chunk that has bases": {delta(newer[0].ID, store.EncZstdDelta, 9, old[0].ID), newer[0]},
 			"onto itself":                 {delta(old[2].ID, store.EncZstdDelta, 9, old[2].ID), old[2]},
