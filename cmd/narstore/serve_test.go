@@ -379,3 +379,97 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 	}
 	verifyPaths(t, nix, client, append(paths, dep.StorePath)...)
 }
+
+// Pull-through with delta encoding: a client fetching release 2 after
+// release 1 gets it whole while serve rewrites release 1 as deltas of it
+// (reverse deltas, the default with --delta); afterwards a fresh client
+// substitutes both from the rewritten store.
+func TestNixPullThroughReverseDeltas(t *testing.T) {
+	cache := nixtest.NewCache(t, "upstream-1")
+	var paths []string
+	for v := 1; v <= 2; v++ {
+		dir := t.TempDir()
+		copyDir(t, nixtest.GoRoot(t, "src/encoding/json"), dir)
+		if v == 2 {
+			for _, f := range []string{"decode.go", "encode.go"} {
+				p := filepath.Join(dir, f)
+				b, _ := os.ReadFile(p)
+				os.WriteFile(p, append([]byte("// release 2\n"), b...), 0o644)
+			}
+		}
+		ni := cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v), NAR: nixtest.DumpPath(t, dir), Compression: "zstd"})
+		paths = append(paths, ni.StorePath)
+	}
+	data := t.TempDir()
+	url := startServe(t, "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(),
+		"--delta", "--preset", "fastcdc-16k-64k-256k")
+	nix := nixtest.NewNix(t)
+	client := filepath.Join(t.TempDir(), "client")
+	for _, p := range paths {
+		if out, err := substitute(nix, client, url, cache.PublicKey.String(), p); err != nil {
+			t.Fatalf("nix-store -r %s: %v\n%s", p, err, out)
+		}
+	}
+	// The rewrite of release 1 runs after release 2 was served.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := stats(t, data)
+		if len(st.Depths) > 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("release 1 was not rewritten as deltas of release 2: %+v", st.Depths)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The deltas are release 1's: release 2, the newest, is plain.
+	ix, err := index.OpenSQLite(filepath.Join(data, "index.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range paths {
+		ni, err := ix.NarInfo(t.Context(), narinfo.HashPart(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nar, _ := ix.NAR(t.Context(), ni.NarHash)
+		deltas := 0
+		for _, c := range nar.Chunks {
+			recs, _ := ix.Chunks(t.Context(), []chunker.ID{c.ID})
+			if store.Encoding(recs[0].Encoding).IsDelta() {
+				deltas++
+			}
+		}
+		if (deltas > 0) != (i == 0) {
+			t.Errorf("release %d: %d delta chunks of %d; want release 1 only to have deltas", i+1, deltas, len(nar.Chunks))
+		}
+	}
+	ix.Close()
+	fresh := filepath.Join(t.TempDir(), "fresh")
+	if out, err := substitute(nix, fresh, url, cache.PublicKey.String(), paths...); err != nil {
+		t.Fatalf("nix-store -r from the rewritten store: %v\n%s", err, out)
+	}
+	verifyPaths(t, nix, client, paths...)
+	verifyPaths(t, nix, fresh, paths...)
+}
+
+// copyDir copies the regular files of src (not its subdirectories) to dst.
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
