@@ -254,7 +254,18 @@ func (p *Postgres) Recoded(ctx context.Context, id chunker.ID, storedSize uint32
 
 // Chunks implements Index.
 func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) {
-	rows, err := p.pool.Query(ctx, `SELECT id, size, stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ANY($1)`, idBytes(ids))
+	return pgChunks(ctx, p.pool, ids)
+}
+
+// pgQuerier is what a pool and a transaction have in common.
+type pgQuerier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// pgChunks reads chunk records through q (the pool or a transaction); a
+// missing one has a zero ID.
+func pgChunks(ctx context.Context, q pgQuerier, ids []chunker.ID) ([]Chunk, error) {
+	rows, err := q.Query(ctx, `SELECT id, size, stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ANY($1)`, idBytes(ids))
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +299,7 @@ func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error
 		}
 	}
 	if len(multi) > 0 {
-		brows, err := p.pool.Query(ctx, `SELECT chunk_id, base_id FROM chunk_bases WHERE chunk_id = ANY($1) ORDER BY chunk_id, seq`, multi)
+		brows, err := q.Query(ctx, `SELECT chunk_id, base_id FROM chunk_bases WHERE chunk_id = ANY($1) ORDER BY chunk_id, seq`, multi)
 		if err != nil {
 			return nil, err
 		}
@@ -620,28 +631,17 @@ type pgRebase struct {
 	tx  pgx.Tx
 }
 
-func (r pgRebase) rows(ids []chunker.ID, lock bool) (map[chunker.ID]rebaseRow, error) {
-	q := `SELECT id, stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ANY($1) ORDER BY id`
-	if lock {
-		q += ` FOR UPDATE`
-	}
-	rows, err := r.tx.Query(r.ctx, q, idBytes(ids))
+// lock locks the rows of ids in ID order, so two rebases cannot deadlock.
+func (r pgRebase) lock(ids []chunker.ID) error {
+	rows, err := r.tx.Query(r.ctx, `SELECT id FROM chunks WHERE id = ANY($1) ORDER BY id FOR UPDATE`, idBytes(ids))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	defer rows.Close()
-	out := map[chunker.ID]rebaseRow{}
-	for rows.Next() {
-		var idb, base []byte
-		var stored int32
-		var enc, depth, level int16
-		if err := rows.Scan(&idb, &stored, &enc, &base, &depth, &level); err != nil {
-			return nil, err
-		}
-		out[chunker.ID(idb)] = rebaseRow{found: true, storedSize: uint32(stored), encoding: uint8(enc), firstBase: base, depth: uint8(depth), level: uint8(level)}
-	}
-	return out, rows.Err()
+	rows.Close()
+	return rows.Err()
 }
+
+func (r pgRebase) chunks(ids []chunker.ID) ([]Chunk, error) { return pgChunks(r.ctx, r.tx, ids) }
 
 func (r pgRebase) dependents(id chunker.ID) ([]chunker.ID, error) {
 	rows, err := r.tx.Query(r.ctx, pgDependentsQuery, id[:])
@@ -668,26 +668,6 @@ func (r pgRebase) set(c Chunk) error {
 		}
 	}
 	return nil
-}
-
-func (r pgRebase) bases(id chunker.ID) ([]chunker.ID, error) {
-	rows, err := r.tx.Query(r.ctx, `SELECT base_id FROM chunk_bases WHERE chunk_id = $1 ORDER BY seq`, id[:])
-	if err != nil {
-		return nil, err
-	}
-	out, err := collectIDs(rows)
-	rows.Close()
-	if err != nil || len(out) > 0 {
-		return out, err
-	}
-	var b []byte
-	if err := r.tx.QueryRow(r.ctx, `SELECT base_id FROM chunks WHERE id = $1`, id[:]).Scan(&b); err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, err
-	}
-	if b != nil {
-		out = []chunker.ID{chunker.ID(b)}
-	}
-	return out, nil
 }
 
 func (r pgRebase) setDepth(id chunker.ID, depth uint8) error {

@@ -31,36 +31,27 @@ const (
 	RebaseTooDeep
 )
 
-// rebaseRow is what Rebase checks of a chunk record.
-type rebaseRow struct {
-	found      bool
-	storedSize uint32
-	encoding   uint8
-	firstBase  []byte // chunks.base_id: nil for a chunk without bases
-	depth      uint8
-	level      uint8
-}
-
-// sameFirstBase reports whether a record's base_id is the first of bases.
-func sameFirstBase(first []byte, bases []chunker.ID) bool {
-	if len(bases) == 0 {
-		return first == nil
+// sameFirstBase reports whether two base lists start with the same base
+// (or are both empty).
+func sameFirstBase(a, b []chunker.ID) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
 	}
-	return first != nil && chunker.ID(first) == bases[0]
+	return a[0] == b[0]
 }
 
 // rebaseTx is what rebase needs inside one transaction, in either dialect.
 type rebaseTx interface {
-	// rows returns the records of ids; with lock, they stay locked against
-	// other writers until the transaction ends (PostgreSQL; SQLite's write
-	// transaction already excludes them).
-	rows(ids []chunker.ID, lock bool) (map[chunker.ID]rebaseRow, error)
+	// lock keeps the records of ids from other writers until the
+	// transaction ends (PostgreSQL; SQLite's write transaction already
+	// excludes them).
+	lock(ids []chunker.ID) error
+	// chunks reads records, as Index.Chunks.
+	chunks(ids []chunker.ID) ([]Chunk, error)
 	// dependents returns the chunks that name id among their bases.
 	dependents(id chunker.ID) ([]chunker.ID, error)
 	// set records c (encoding, stored size, level, depth and bases).
 	set(c Chunk) error
-	// bases returns the bases id's record names.
-	bases(id chunker.ID) ([]chunker.ID, error)
 	// setDepth records id's depth.
 	setDepth(id chunker.ID, depth uint8) error
 }
@@ -71,30 +62,33 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 		return RebaseStale, fmt.Errorf("rebase chunk %s: no bases given", c.ID)
 	}
 	ids := append([]chunker.ID{c.ID}, c.Bases...)
-	rows, err := tx.rows(ids, true)
+	if err := tx.lock(ids); err != nil {
+		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+	}
+	recs, err := tx.chunks(ids)
 	if err != nil {
 		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
 	}
-	cur := rows[c.ID]
-	if !cur.found {
+	cur := recs[0]
+	if cur.ID.IsZero() {
 		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, ErrNotFound)
 	}
 	// Compare and swap: the chunk is still as the caller read it, so its
 	// blob is the one the caller is about to replace.
-	if cur.storedSize != old.StoredSize || cur.encoding != old.Encoding || cur.level != old.Level || !sameFirstBase(cur.firstBase, old.Bases) {
+	if cur.StoredSize != old.StoredSize || cur.Encoding != old.Encoding || cur.Level != old.Level || !sameFirstBase(cur.Bases, old.Bases) {
 		return RebaseStale, nil
 	}
 	var depth uint8
-	for _, b := range c.Bases {
-		r := rows[b]
+	for i, b := range c.Bases {
+		r := recs[i+1]
 		// Every new base is plain (a chunk without bases) now, in this
 		// transaction: no chain can lead from it back to the chunk, so no
 		// cycle can form (a chunk with bases never becomes a base of a
 		// rebase, and new chunks' deltas only point at older ones).
-		if b == c.ID || !r.found || r.firstBase != nil {
+		if b == c.ID || r.ID.IsZero() || len(r.Bases) > 0 {
 			return RebaseStale, nil
 		}
-		depth = max(depth, r.depth+1)
+		depth = max(depth, r.Depth+1)
 	}
 	if int(depth) > maxDepth {
 		return RebaseTooDeep, nil
@@ -127,40 +121,39 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 	depths := map[chunker.ID]uint8{c.ID: depth}
 	var changed []chunker.ID
 	if len(desc) > 0 {
-		baseOf := make(map[chunker.ID][]chunker.ID, len(desc))
+		drecs, err := tx.chunks(desc)
+		if err != nil {
+			return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+		}
 		var outside []chunker.ID
-		for _, d := range desc {
-			bs, err := tx.bases(d)
-			if err != nil {
-				return RebaseStale, fmt.Errorf("rebase chunk %s: bases of %s: %w", c.ID, d, err)
-			}
-			baseOf[d] = bs
-			for _, b := range bs {
+		for _, r := range drecs {
+			depths[r.ID] = r.Depth
+			for _, b := range r.Bases {
 				if !seen[b] {
 					outside = append(outside, b)
 				}
 			}
 		}
-		drows, err := tx.rows(append(desc, outside...), false)
+		orecs, err := tx.chunks(outside)
 		if err != nil {
 			return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
 		}
-		for id, r := range drows {
-			if id != c.ID {
-				depths[id] = r.depth
+		for _, r := range orecs {
+			if !r.ID.IsZero() {
+				depths[r.ID] = r.Depth
 			}
 		}
 		// Relax until nothing changes: dependents form no cycle, so this
 		// ends within the longest chain's length of rounds.
 		for round := 0; ; round++ {
 			moved := false
-			for _, d := range desc {
+			for _, r := range drecs {
 				var nd uint8
-				for _, b := range baseOf[d] {
+				for _, b := range r.Bases {
 					nd = max(nd, depths[b]+1)
 				}
-				if nd != depths[d] {
-					depths[d], moved = nd, true
+				if nd != depths[r.ID] {
+					depths[r.ID], moved = nd, true
 				}
 			}
 			if !moved {
@@ -170,12 +163,12 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 				return RebaseStale, fmt.Errorf("rebase chunk %s: its dependents' depths do not settle: the index has a delta cycle", c.ID)
 			}
 		}
-		for _, d := range desc {
-			if int(depths[d]) > maxDepth {
+		for _, r := range drecs {
+			if int(depths[r.ID]) > maxDepth {
 				return RebaseTooDeep, nil
 			}
-			if depths[d] != drows[d].depth {
-				changed = append(changed, d)
+			if depths[r.ID] != r.Depth {
+				changed = append(changed, r.ID)
 			}
 		}
 	}

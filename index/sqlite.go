@@ -369,12 +369,24 @@ func (s *SQLite) Predecessor(ctx context.Context, pname string) (*NAR, error) {
 
 // Chunks implements Index.
 func (s *SQLite) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) {
-	out := make([]Chunk, len(ids))
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
+	return sqliteChunks(ctx, conn, ids)
+}
+
+// sqliteQuerier is what *sql.Conn and *sql.Tx have in common.
+type sqliteQuerier interface {
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// sqliteChunks reads chunk records through q (a connection or a
+// transaction); a missing one has a zero ID.
+func sqliteChunks(ctx context.Context, conn sqliteQuerier, ids []chunker.ID) ([]Chunk, error) {
+	out := make([]Chunk, len(ids))
 	stmt, err := conn.PrepareContext(ctx, `SELECT size, stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ?`)
 	if err != nil {
 		return nil, err
@@ -677,21 +689,12 @@ type sqliteRebase struct {
 	tx  *sql.Tx
 }
 
-func (r sqliteRebase) rows(ids []chunker.ID, _ bool) (map[chunker.ID]rebaseRow, error) {
-	out := map[chunker.ID]rebaseRow{}
-	for _, id := range ids {
-		row := rebaseRow{found: true}
-		err := r.tx.QueryRowContext(r.ctx, `SELECT stored_size, encoding, base_id, depth, level FROM chunks WHERE id = ?`, id[:]).
-			Scan(&row.storedSize, &row.encoding, &row.firstBase, &row.depth, &row.level)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out[id] = row
-	}
-	return out, nil
+// lock is a no-op: SQLite's write transaction already excludes other
+// writers.
+func (r sqliteRebase) lock([]chunker.ID) error { return nil }
+
+func (r sqliteRebase) chunks(ids []chunker.ID) ([]Chunk, error) {
+	return sqliteChunks(r.ctx, r.tx, ids)
 }
 
 func (r sqliteRebase) dependents(id chunker.ID) ([]chunker.ID, error) {
@@ -719,26 +722,6 @@ func (r sqliteRebase) set(c Chunk) error {
 		}
 	}
 	return nil
-}
-
-func (r sqliteRebase) bases(id chunker.ID) ([]chunker.ID, error) {
-	rows, err := r.tx.QueryContext(r.ctx, `SELECT base_id FROM chunk_bases WHERE chunk_id = ? ORDER BY seq`, id[:])
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out, err := collectIDs(rows)
-	if err != nil || len(out) > 0 {
-		return out, err
-	}
-	var b []byte
-	if err := r.tx.QueryRowContext(r.ctx, `SELECT base_id FROM chunks WHERE id = ?`, id[:]).Scan(&b); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return nil, err
-	}
-	if b != nil {
-		out = []chunker.ID{chunker.ID(b)}
-	}
-	return out, nil
 }
 
 func (r sqliteRebase) setDepth(id chunker.ID, depth uint8) error {
