@@ -385,33 +385,25 @@ func (h *HashingReader) Count() uint64 { return h.n }
 // PName returns the package name of a store path or basename: the name
 // without its hash and without the version, which starts at the first "-"
 // followed by a digit (as Nix's parseDrvName splits). "" if there is none.
-func PName(p string) string {
+func PName(p string) string { pname, _ := splitName(p); return pname }
+
+// Version returns the version part of a store path or basename: what
+// follows PName and its "-" ("" if there is none).
+func Version(p string) string { _, version := splitName(p); return version }
+
+// splitName splits a store path's name as Nix's parseDrvName does.
+func splitName(p string) (pname, version string) {
 	base := strings.TrimPrefix(p, StoreDir+"/")
 	if len(base) <= HashPartLen+1 || base[HashPartLen] != '-' {
-		return ""
+		return "", ""
 	}
 	name := base[HashPartLen+1:]
 	for i := 0; i+1 < len(name); i++ {
 		if name[i] == '-' && name[i+1] >= '0' && name[i+1] <= '9' {
-			return name[:i]
+			return name[:i], name[i+1:]
 		}
 	}
-	return name
-}
-
-// Version returns the version part of a store path or basename: what
-// follows PName and its "-" ("" if there is none).
-func Version(p string) string {
-	base := strings.TrimPrefix(p, StoreDir+"/")
-	if len(base) <= HashPartLen+1 || base[HashPartLen] != '-' {
-		return ""
-	}
-	name := base[HashPartLen+1:]
-	pn := PName(p)
-	if len(name) <= len(pn)+1 {
-		return ""
-	}
-	return name[len(pn)+1:]
+	return name, ""
 }
 
 // CompareVersions orders two versions as Nix's builtins.compareVersions

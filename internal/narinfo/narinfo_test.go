@@ -123,30 +123,20 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
-func TestPName(t *testing.T) {
-	for in, want := range map[string]string{
-		"/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432": "net-tools",
-		"00bgd045z0d4icpbc2yyz4gx48ak44la-typescript-5.4.5":                          "typescript",
-		"00bgd045z0d4icpbc2yyz4gx48ak44la-nodejs-system":                             "nodejs-system",
-		"00bgd045z0d4icpbc2yyz4gx48ak44la-esbuild-linux-x64-0.27.3":                  "esbuild-linux-x64",
-		"short": "",
+func TestPNameVersion(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432": {"net-tools", "1.60_p20170221182432"},
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-typescript-5.4.5":                          {"typescript", "5.4.5"},
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-nodejs-system":                             {"nodejs-system", ""},
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-esbuild-linux-x64-0.27.3":                  {"esbuild-linux-x64", "0.27.3"},
+		"00bgd045z0d4icpbc2yyz4gx48ak44la-foo-2.0-bin":                               {"foo", "2.0-bin"},
+		"short": {"", ""},
 	} {
-		if got := narinfo.PName(in); got != want {
-			t.Errorf("PName(%q) = %q, want %q", in, got, want)
+		if got := narinfo.PName(in); got != want[0] {
+			t.Errorf("PName(%q) = %q, want %q", in, got, want[0])
 		}
-	}
-}
-
-func TestVersion(t *testing.T) {
-	for in, want := range map[string]string{
-		"/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432": "1.60_p20170221182432",
-		"00bgd045z0d4icpbc2yyz4gx48ak44la-typescript-5.4.5":                          "5.4.5",
-		"00bgd045z0d4icpbc2yyz4gx48ak44la-nodejs-system":                             "",
-		"00bgd045z0d4icpbc2yyz4gx48ak44la-foo-2.0-bin":                               "2.0-bin",
-		"short": "",
-	} {
-		if got := narinfo.Version(in); got != want {
-			t.Errorf("Version(%q) = %q, want %q", in, got, want)
+		if got := narinfo.Version(in); got != want[1] {
+			t.Errorf("Version(%q) = %q, want %q", in, got, want[1])
 		}
 	}
 }
