@@ -23,18 +23,14 @@ import (
 // together cost about what forward deltas cost. With a cap of 2, the fourth
 // release already needs the release past the cap moved onto the newest one.
 func TestReverseDeltas(t *testing.T) {
-	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
 	const limit = 2
 	nars := releases(t, 6)
 	stored := map[bool]int64{}
 	for _, reverse := range []bool{false, true} {
 		e := newEnv(t)
-		var nis []*narinfo.NarInfo
-		for v, n := range nars {
-			nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
-		}
+		nis := publishReleases(t, e, nars)
 		in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) {
-			o.Delta, o.ReverseDelta, o.MaxDeltaDepth, o.Preset = true, reverse, limit, preset
+			o.Delta, o.ReverseDelta, o.MaxDeltaDepth = true, reverse, limit
 		})
 		for v, ni := range nis {
 			res, err := in.IngestPath(t.Context(), ni.StorePath)
@@ -175,10 +171,7 @@ func TestReverseDeltaFailuresKeepBasesNamed(t *testing.T) {
 	for _, fail := range []string{"store", "index"} {
 		t.Run(fail, func(t *testing.T) {
 			e := newEnv(t)
-			var nis []*narinfo.NarInfo
-			for v, n := range nars {
-				nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
-			}
+			nis := publishReleases(t, e, nars)
 			var ix ingest.Index = e.ix
 			chunks := e.chunks
 			if fail == "index" {
@@ -246,14 +239,10 @@ func (c *committedTee) Committed() {
 // NAR is verified and recorded before the previous release is rewritten, so
 // it does not wait for that.
 func TestReverseDeltaTeeCommittedBeforeRebase(t *testing.T) {
-	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
 	nars := releases(t, 2)
 	e := newEnv(t)
-	var nis []*narinfo.NarInfo
-	for v, n := range nars {
-		nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
-	}
-	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.ReverseDelta, o.Preset = true, true, preset })
+	nis := publishReleases(t, e, nars)
+	in := e.ingester(t, e.cache.URL(), reverseDeltas)
 	for v, ni := range nis {
 		tee := &committedTee{in: in}
 		if _, err := in.IngestFromUpstream(t.Context(), ni, tee); err != nil {
@@ -273,14 +262,10 @@ func TestReverseDeltaTeeCommittedBeforeRebase(t *testing.T) {
 // delta is recompressed in turn later. Here the recorded sizes are shrunk far
 // below anything a delta reaches, which only that rule sees past.
 func TestReverseDeltaJudgesRecompressedAtIngestLevel(t *testing.T) {
-	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
 	nars := releases(t, 2)
 	e := newEnv(t)
-	var nis []*narinfo.NarInfo
-	for v, n := range nars {
-		nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
-	}
-	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.ReverseDelta, o.Preset = true, true, preset })
+	nis := publishReleases(t, e, nars)
+	in := e.ingester(t, e.cache.URL(), reverseDeltas)
 	if _, err := in.IngestPath(t.Context(), nis[0].StorePath); err != nil {
 		t.Fatal(err)
 	}
@@ -308,12 +293,11 @@ func TestReverseDeltaJudgesRecompressedAtIngestLevel(t *testing.T) {
 // pulling an old channel through) is stored as deltas of the newer one,
 // which stays plain: version order decides, not ingest order.
 func TestReverseDeltaOlderReleaseAfterNewer(t *testing.T) {
-	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
 	nars := releases(t, 2)
 	e := newEnv(t)
 	older := e.cache.Add(t, nixtest.Path{Name: "tool-1.9.0", NAR: nars[0], Compression: "zstd"})
 	newer := e.cache.Add(t, nixtest.Path{Name: "tool-1.10.0", NAR: nars[1], Compression: "zstd"})
-	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.ReverseDelta, o.Preset = true, true, preset })
+	in := e.ingester(t, e.cache.URL(), reverseDeltas)
 	for _, ni := range []*narinfo.NarInfo{newer, older} {
 		if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
 			t.Fatal(err)
@@ -333,3 +317,17 @@ func TestReverseDeltaOlderReleaseAfterNewer(t *testing.T) {
 		}
 	}
 }
+
+// publishReleases adds nars to e's cache as successive releases of one
+// package, tool-1.0, tool-2.0, …, and returns their narinfos.
+func publishReleases(t *testing.T, e *env, nars [][]byte) []*narinfo.NarInfo {
+	t.Helper()
+	var nis []*narinfo.NarInfo
+	for v, n := range nars {
+		nis = append(nis, e.cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: n, Compression: "zstd"}))
+	}
+	return nis
+}
+
+// reverseDeltas turns delta encoding on, with reverse deltas.
+func reverseDeltas(o *ingest.Options) { o.Delta, o.ReverseDelta = true, true }
