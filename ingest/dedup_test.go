@@ -27,7 +27,7 @@ import (
 func versionTree(t *testing.T, v int, self, dep, unlisted string) string {
 	t.Helper()
 	dir := t.TempDir()
-	copyTree(t, nixtest.GoRoot(t, "src/net/http"), filepath.Join(dir, "share"))
+	nixtest.CopyTree(t, nixtest.GoRoot(t, "src/net/http"), filepath.Join(dir, "share"))
 	if v == 2 { // a new release: some files edited, one added
 		for _, f := range []string{"server.go", "transport.go", "request.go"} {
 			p := filepath.Join(dir, "share", f)

@@ -187,10 +187,10 @@ func TestDedupAcrossVersions(t *testing.T) {
 	// Two "versions": the second is the first plus one more real directory,
 	// so most bytes repeat.
 	v1 := t.TempDir()
-	copyTree(t, nixtest.GoRoot(t, "src/net/http"), filepath.Join(v1, "http"))
+	nixtest.CopyTree(t, nixtest.GoRoot(t, "src/net/http"), filepath.Join(v1, "http"))
 	v2 := t.TempDir()
-	copyTree(t, nixtest.GoRoot(t, "src/net/http"), filepath.Join(v2, "http"))
-	copyTree(t, nixtest.GoRoot(t, "src/net/url"), filepath.Join(v2, "url"))
+	nixtest.CopyTree(t, nixtest.GoRoot(t, "src/net/http"), filepath.Join(v2, "http"))
+	nixtest.CopyTree(t, nixtest.GoRoot(t, "src/net/url"), filepath.Join(v2, "url"))
 	n1, n2 := nixtest.DumpPath(t, v1), nixtest.DumpPath(t, v2)
 	ni1 := e.cache.Add(t, nixtest.Path{Name: "pkg-1", NAR: n1})
 	ni2 := e.cache.Add(t, nixtest.Path{Name: "pkg-2", NAR: n2})
@@ -212,31 +212,6 @@ func TestDedupAcrossVersions(t *testing.T) {
 	}
 	if !bytes.Equal(e.readBack(t, ni2), n2) {
 		t.Fatal("second version does not reassemble")
-	}
-}
-
-func copyTree(t *testing.T, src, dst string) {
-	t.Helper()
-	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		target := filepath.Join(dst, rel)
-		if info.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		if !info.Mode().IsRegular() {
-			return nil
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, b, info.Mode().Perm())
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 

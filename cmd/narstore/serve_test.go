@@ -389,7 +389,7 @@ func TestNixPullThroughReverseDeltas(t *testing.T) {
 	var paths []string
 	for v := 1; v <= 2; v++ {
 		dir := t.TempDir()
-		copyDir(t, nixtest.GoRoot(t, "src/encoding/json"), dir)
+		nixtest.CopyTree(t, nixtest.GoRoot(t, "src/encoding/json"), dir)
 		if v == 2 {
 			for _, f := range []string{"decode.go", "encode.go"} {
 				p := filepath.Join(dir, f)
@@ -451,25 +451,4 @@ func TestNixPullThroughReverseDeltas(t *testing.T) {
 	}
 	verifyPaths(t, nix, client, paths...)
 	verifyPaths(t, nix, fresh, paths...)
-}
-
-// copyDir copies the regular files of src (not its subdirectories) to dst.
-func copyDir(t *testing.T, src, dst string) {
-	t.Helper()
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
