@@ -7,9 +7,9 @@ import (
 )
 
 // MaxRebaseDependents bounds the chunks Rebase walks above the chunk it
-// rewrites (its dependents, theirs, and so on). A chunk that more chunks
-// depend on is left as it is: deepening all of them costs more reads than
-// its smaller blob saves, and the walk is done in the transaction.
+// rewrites (its dependents, theirs, and so on), since the walk and their
+// new depths are written in the transaction. A chunk that more chunks
+// depend on is left as it is.
 const MaxRebaseDependents = 1024
 
 // dependentsQuery lists the chunks naming a chunk (given twice) among their

@@ -527,7 +527,7 @@ func (in *Ingester) ingestStream(ctx context.Context, req streamReq, res *Result
 			// predecessor is re-encoded against it (rebasePredecessor),
 			// which takes di over (and closes it).
 			di = in.newDeltaIndex(ctx, nil, 0, nil)
-			di.plain, di.captured = true, map[chunker.ID][]uint64{}
+			di.captured = map[chunker.ID][]uint64{}
 			in.spillFor(di)
 			res.pred, res.rev = pred, di
 		} else {

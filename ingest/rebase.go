@@ -55,14 +55,13 @@ func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *
 		return
 	}
 	var (
-		wg        sync.WaitGroup
-		mu        sync.Mutex
-		failed    int
-		firstErr  error
-		work      = make(chan index.Chunk)
-		outcomes  [numOutcomes]int
-		saved     int64
-		predBytes = res.pred.Size
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		failed   int
+		firstErr error
+		work     = make(chan index.Chunk)
+		outcomes [numOutcomes]int
+		saved    int64
 	)
 	for range in.opts.ChunkWorkers {
 		wg.Add(1)
@@ -97,7 +96,7 @@ func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *
 		in.log.Warn("rebase: chunks left as they were", "store_path", res.StorePath, "failed", failed, "first_err", firstErr)
 	}
 	in.log.Info("rebased predecessor", "store_path", res.StorePath, "predecessor_nar_hash", narinfo.FormatHash(res.pred.Hash),
-		"predecessor_bytes", predBytes, "chunks", outcomes[rebasedOK], "saved_bytes", saved,
+		"predecessor_bytes", res.pred.Size, "chunks", outcomes[rebasedOK], "saved_bytes", saved,
 		"no_match", outcomes[noMatch], "no_gain", outcomes[noGain], "declined", outcomes[declined], "dur_ms", time.Since(start).Milliseconds())
 }
 
