@@ -151,20 +151,21 @@ type Index interface {
 	// bases) at level into storedSize bytes of encoding (which only changes
 	// from raw to zstd). ErrNotFound if there is no such chunk.
 	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error
-	// Rebase records that chunk c.ID's blob is about to be replaced by a
-	// delta of c.Bases (c's encoding, stored size and level; its depth is
-	// computed), for reverse deltas: an older release re-encoded against a
-	// newer one. In one transaction it checks that the chunk's record still
-	// has old's stored size, encoding and whether it has bases (so the blob
-	// the caller read is the one it replaces), and that every base is
-	// recorded and has no bases itself (so no cycle can form); else
-	// RebaseStale. It gives every chunk depending on it, directly or not,
-	// its depth again; if one would pass maxDepth, or more than
-	// MaxRebaseDependents depend on it, RebaseTooDeep. Only Rebased records
-	// anything. The caller replaces the blob only after Rebased: a crash in
+	// Rebase records, for each rewrite, that chunk C.ID's blob is about to
+	// be replaced by a delta of C.Bases (C's encoding, stored size and
+	// level; its depth is computed), for reverse deltas: an older release
+	// re-encoded against a newer one. In one transaction, taking the
+	// rewrites in order, it checks that each chunk's record still has Old's
+	// stored size, encoding, level and first base (so the blob the caller
+	// read is the one it replaces), and that every base is recorded and has
+	// no bases itself (so no cycle can form); else RebaseStale. It gives
+	// every chunk depending on it, directly or not, its depth again; if one
+	// would pass maxDepth, or more than MaxRebaseDependents depend on it,
+	// RebaseTooDeep. Only a Rebased rewrite records anything; an error
+	// records none. The caller replaces a blob only after Rebased: a crash in
 	// between leaves a record naming bases a plain blob does not need, which
-	// only keeps them from deletion. ErrNotFound if there is no such chunk.
-	Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
+	// only keeps them from deletion.
+	Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]RebaseResult, error)
 	// Dependents lists the chunks naming id among their bases.
 	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
 	// WalkNARs calls fn for every NAR (without its chunk list), oldest

@@ -593,23 +593,20 @@ func (p *Postgres) SimilarChunks(ctx context.Context, sims []uint64, limit int) 
 	return rankSimilar(hits, limit), nil
 }
 
-// Rebase implements Index. The chunk's and its new bases' rows are locked
-// (in ID order, so two rebases cannot deadlock on them) before they are
-// checked, so a concurrent rebase of any of them waits for this one.
-func (p *Postgres) Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (RebaseResult, error) {
-	r := RebaseStale
+// Rebase implements Index. The rows of the chunks and their new bases are
+// locked (in ID order, so two rebases cannot deadlock on them) before they
+// are checked, so a concurrent rebase of any of them waits for this one.
+func (p *Postgres) Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]RebaseResult, error) {
+	var out []RebaseResult
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
-		r, err = rebase(pgRebase{ctx, tx}, c, old, maxDepth)
-		if err == nil && r != Rebased {
-			return errNoRebase // roll back
-		}
+		out, err = rebaseAll(pgRebase{ctx, tx}, rw, maxDepth)
 		return err
 	})
-	if errors.Is(err, errNoRebase) {
-		return r, nil
+	if err != nil {
+		return nil, err
 	}
-	return r, err
+	return out, nil
 }
 
 // Dependents implements Index.
@@ -623,8 +620,6 @@ func (p *Postgres) Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID,
 }
 
 const pgDependentsQuery = `SELECT id FROM chunks WHERE base_id = $1 UNION SELECT chunk_id FROM chunk_bases WHERE base_id = $1`
-
-var errNoRebase = errors.New("not rebased")
 
 type pgRebase struct {
 	ctx context.Context

@@ -16,15 +16,20 @@ const MaxRebaseDependents = 1024
 // bases, in SQLite's dialect.
 const dependentsQuery = `SELECT id FROM chunks WHERE base_id = ? UNION SELECT chunk_id FROM chunk_bases WHERE base_id = ?`
 
-// RebaseResult says what Rebase did.
+// Rewrite is one chunk for Rebase: C is its new record (encoding, stored
+// size, level and bases; the depth is computed) and Old the record the
+// caller read before encoding C.
+type Rewrite struct{ C, Old Chunk }
+
+// RebaseResult says what Rebase did with one chunk.
 type RebaseResult int
 
 const (
 	// Rebased: the chunk is recorded with its new bases; replace its blob.
 	Rebased RebaseResult = iota
-	// RebaseStale: the chunk's record changed since the caller read it, or
-	// a base is not a recorded chunk without bases (any more). Nothing was
-	// recorded.
+	// RebaseStale: the chunk's record changed since the caller read it (or
+	// is gone), or a base is not a recorded chunk without bases (any more).
+	// Nothing was recorded.
 	RebaseStale
 	// RebaseTooDeep: a chunk depending on it would pass maxDepth, or more
 	// than MaxRebaseDependents depend on it. Nothing was recorded.
@@ -43,8 +48,8 @@ func sameFirstBase(a, b []chunker.ID) bool {
 // rebaseTx is what rebase needs inside one transaction, in either dialect.
 type rebaseTx interface {
 	// lock keeps the records of ids from other writers until the
-	// transaction ends (PostgreSQL; SQLite's write transaction already
-	// excludes them).
+	// transaction ends, taking them in ID order (PostgreSQL; SQLite's write
+	// transaction already excludes them).
 	lock(ids []chunker.ID) error
 	// chunks reads records, as Index.Chunks.
 	chunks(ids []chunker.ID) ([]Chunk, error)
@@ -56,22 +61,40 @@ type rebaseTx interface {
 	setDepth(id chunker.ID, depth uint8) error
 }
 
-// rebase implements Index.Rebase over a transaction.
-func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error) {
-	if len(c.Bases) == 0 {
-		return RebaseStale, fmt.Errorf("rebase chunk %s: no bases given", c.ID)
+// rebaseAll implements Index.Rebase over a transaction: the rows of every
+// chunk and base are locked first, in ID order (so two transactions cannot
+// deadlock on them), then each rewrite is checked and recorded in turn. An
+// error ends it; the caller rolls the transaction back.
+func rebaseAll(tx rebaseTx, rw []Rewrite, maxDepth int) ([]RebaseResult, error) {
+	var ids []chunker.ID
+	for _, r := range rw {
+		if len(r.C.Bases) == 0 {
+			return nil, fmt.Errorf("rebase chunk %s: no bases given", r.C.ID)
+		}
+		ids = append(append(ids, r.C.ID), r.C.Bases...)
 	}
-	ids := append([]chunker.ID{c.ID}, c.Bases...)
 	if err := tx.lock(ids); err != nil {
-		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+		return nil, fmt.Errorf("rebase %d chunks: %w", len(rw), err)
 	}
-	recs, err := tx.chunks(ids)
+	out := make([]RebaseResult, len(rw))
+	for i, r := range rw {
+		var err error
+		if out[i], err = rebase(tx, r.C, r.Old, maxDepth); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// rebase records one rewrite, its rows locked.
+func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error) {
+	recs, err := tx.chunks(append([]chunker.ID{c.ID}, c.Bases...))
 	if err != nil {
 		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
 	}
 	cur := recs[0]
 	if cur.ID.IsZero() {
-		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, ErrNotFound)
+		return RebaseStale, nil
 	}
 	// Compare and swap: the chunk is still as the caller read it, so its
 	// blob is the one the caller is about to replace.

@@ -658,20 +658,20 @@ func (s *SQLite) SimilarChunks(ctx context.Context, sims []uint64, limit int) ([
 
 // Rebase implements Index. The write transaction (BEGIN IMMEDIATE) excludes
 // every other writer, so the rows it checks cannot change under it.
-func (s *SQLite) Rebase(ctx context.Context, c Chunk, old Chunk, maxDepth int) (RebaseResult, error) {
+func (s *SQLite) Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]RebaseResult, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return RebaseStale, err
+		return nil, err
 	}
 	defer tx.Rollback()
-	r, err := rebase(sqliteRebase{ctx, tx}, c, old, maxDepth)
-	if err != nil || r != Rebased {
-		return r, err
+	out, err := rebaseAll(sqliteRebase{ctx, tx}, rw, maxDepth)
+	if err != nil {
+		return nil, err
 	}
 	if err := tx.Commit(); err != nil {
-		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+		return nil, fmt.Errorf("rebase %d chunks: %w", len(rw), err)
 	}
-	return Rebased, nil
+	return out, nil
 }
 
 // Dependents implements Index.

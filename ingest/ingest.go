@@ -47,7 +47,7 @@ type Index interface {
 	Predecessor(ctx context.Context, pname string) (*index.NAR, error)
 	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
 	SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error)
-	Rebase(ctx context.Context, c index.Chunk, old index.Chunk, maxDepth int) (index.RebaseResult, error)
+	Rebase(ctx context.Context, rw []index.Rewrite, maxDepth int) ([]index.RebaseResult, error)
 	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
 	StorePaths(ctx context.Context, narHash [32]byte) ([]string, error)
 }

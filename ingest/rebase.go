@@ -2,13 +2,16 @@ package ingest
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/lock"
 	"github.com/narstore/narstore/store"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
 // Reverse deltas (Options.ReverseDelta). Forward deltas store a package's
@@ -30,10 +33,37 @@ import (
 // share as deltas of nar's plain chunks, each where that is DeltaMargin
 // smaller than its blob now. Failures are logged and leave chunks as they
 // were: the NAR is recorded already, and every chunk reads either way.
+//
+// Workers encode and check the deltas (ChunkWorkers at once); one flusher
+// records them and replaces their blobs a window at a time, in the
+// predecessor's order: one index transaction and one store call (two syncs
+// on a directory) per window instead of per chunk, and the same outcome
+// whatever the number of workers, since only the flusher moves dependents
+// (rehomeDependents). Before this each worker recorded and replaced its own
+// chunks, and workers raced for the same dependents: on the large corpus
+// the sixth bump stored 258.7-260.7 MB over seven runs on two CPUs against
+// 256.3 with one worker.
 func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *Result) {
 	start := time.Now()
-	di := in.newDeltaIndex(ctx, nar, 1, res.rev)
 	defer res.release()
+	pred := narinfo.FormatHash(res.pred.Hash)
+	if in.opts.Locker != nil {
+		// One rewrite of a NAR at a time: two ingests of newer releases of
+		// the same package (another instance's, or a batch's other worker)
+		// would otherwise replace each other's blobs between record and
+		// replace, leaving a blob needing bases its record does not name.
+		lease, ok, err := in.opts.Locker.TryLock(ctx, RebaseLockKey(res.pred.Hash), in.opts.LockTTL)
+		if err != nil || !ok {
+			in.log.Info("rebase: predecessor left as it is: another ingest is rewriting it", "store_path", res.StorePath,
+				"predecessor_nar_hash", pred, "err", err)
+			return
+		}
+		defer lease.Unlock(context.WithoutCancel(ctx))
+		var stop func()
+		ctx, stop = lock.Guard(ctx, lease, "rebase lock")
+		defer stop()
+	}
+	di := in.newDeltaIndex(ctx, nar, 1, res.rev)
 	defer di.cache.close()
 	if len(di.inv) == 0 {
 		return
@@ -55,58 +85,89 @@ func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *
 		return
 	}
 	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		failed   int
-		firstErr error
-		work     = make(chan index.Chunk)
-		outcomes [numOutcomes]int
-		saved    int64
+		fl      = rebaseFlusher{in: in, di: di}
+		windows = make(chan []*rewrite, 1)
+		flushed = make(chan struct{})
 	)
-	for range in.opts.ChunkWorkers {
+	go func() {
+		defer close(flushed)
+		for w := range windows {
+			fl.flush(ctx, w)
+		}
+	}()
+	for len(recs) > 0 && ctx.Err() == nil {
+		n := min(len(recs), rebaseWindow)
+		w := in.encodeRewrites(ctx, di, recs[:n])
+		recs = recs[n:]
+		windows <- w
+	}
+	close(windows)
+	<-flushed
+	res.Rebased, res.RebaseSaved = fl.outcomes[rebasedOK], fl.saved
+	if fl.failed > 0 {
+		in.log.Warn("rebase: chunks left as they were", "store_path", res.StorePath, "failed", fl.failed, "first_err", fl.firstErr)
+	}
+	in.log.Info("rebased predecessor", "store_path", res.StorePath, "predecessor_nar_hash", pred,
+		"predecessor_bytes", res.pred.Size, "chunks", fl.outcomes[rebasedOK], "saved_bytes", fl.saved,
+		"no_match", fl.outcomes[noMatch], "no_gain", fl.outcomes[noGain], "declined", fl.outcomes[declined], "dur_ms", time.Since(start).Milliseconds())
+}
+
+// RebaseLockKey names the lock reverse deltas hold (with Options.Locker)
+// while they rewrite the chunks of the NAR with narHash: "rebase/" and the
+// hash in nix32. An ingest that finds it taken leaves that NAR as it is.
+func RebaseLockKey(narHash [32]byte) string { return "rebase/" + nixbase32.EncodeToString(narHash[:]) }
+
+// rebaseWindow is how many predecessor chunks rebasePredecessor encodes
+// before they are recorded and replaced together. It bounds the deltas held
+// in memory (two windows: one encoding, one flushing) at 64 chunks' each.
+const rebaseWindow = 64
+
+// rewrite is one predecessor chunk on its way: its record, and the delta
+// that would replace its blob (c, blob; zero c when there is none) or why
+// not.
+type rewrite struct {
+	rec     index.Chunk
+	c       index.Chunk
+	blob    []byte
+	outcome rebaseOutcome
+	err     error
+}
+
+// encodeRewrites encodes the chunks of recs as deltas of the new release,
+// ChunkWorkers at once, keeping each only if it beats its blob by the
+// margin and reads back.
+func (in *Ingester) encodeRewrites(ctx context.Context, di *deltaIndex, recs []index.Chunk) []*rewrite {
+	out := make([]*rewrite, len(recs))
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(in.opts.ChunkWorkers, len(recs)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for rec := range work {
-				s, o, err := in.rebaseChunk(ctx, di, rec)
-				mu.Lock()
-				switch {
-				case err != nil:
-					if failed++; firstErr == nil {
-						firstErr = err
-					}
-				default:
-					outcomes[o]++
-				}
-				saved += s // net of dependents moved, which may have grown either way
-				mu.Unlock()
+			for i := range work {
+				out[i] = in.encodeRewrite(ctx, di, recs[i])
 			}
 		}()
 	}
-	for _, r := range recs {
-		if r.ID.IsZero() || ctx.Err() != nil {
-			continue
-		}
-		work <- r
+	for i := range recs {
+		work <- i
 	}
 	close(work)
 	wg.Wait()
-	res.Rebased, res.RebaseSaved = outcomes[rebasedOK], saved
-	if failed > 0 {
-		in.log.Warn("rebase: chunks left as they were", "store_path", res.StorePath, "failed", failed, "first_err", firstErr)
-	}
-	in.log.Info("rebased predecessor", "store_path", res.StorePath, "predecessor_nar_hash", narinfo.FormatHash(res.pred.Hash),
-		"predecessor_bytes", res.pred.Size, "chunks", outcomes[rebasedOK], "saved_bytes", saved,
-		"no_match", outcomes[noMatch], "no_gain", outcomes[noGain], "declined", outcomes[declined], "dur_ms", time.Since(start).Milliseconds())
+	return out
 }
 
-// rebaseChunk re-encodes one predecessor chunk against the new release's
-// chunks, if a delta of them is DeltaMargin smaller than its blob, and
-// returns the bytes saved (0 when it is left as it is).
-func (in *Ingester) rebaseChunk(ctx context.Context, di *deltaIndex, rec index.Chunk) (int64, rebaseOutcome, error) {
+// encodeRewrite encodes one predecessor chunk (rec) as a delta of the new
+// release's chunks, if that is DeltaMargin smaller than its blob.
+func (in *Ingester) encodeRewrite(ctx context.Context, di *deltaIndex, rec index.Chunk) *rewrite {
+	rw := &rewrite{rec: rec, outcome: noMatch}
+	if rec.ID.IsZero() { // gone since the NAR was listed
+		return rw
+	}
 	c, blob, bases, data, err := in.deltaOfNew(ctx, di, rec)
 	if err != nil || c.ID.IsZero() {
-		return 0, noMatch, err
+		rw.err = err
+		return rw
 	}
 	// The delta must beat the chunk plain by the margin, both at the level
 	// ingest encodes at: a blob recompressed since (narstore recompress)
@@ -119,27 +180,119 @@ func (in *Ingester) rebaseChunk(ctx context.Context, di *deltaIndex, rec index.C
 		plain = uint32(pw.StoredSize)
 	}
 	if float64(c.StoredSize) > float64(plain)*(1-in.opts.DeltaMargin) {
-		return 0, noGain, nil
+		rw.outcome = noGain
+		return rw
 	}
-	s := int64(rec.StoredSize) - int64(c.StoredSize)
-	var grown int64 // by dependents moved to make room
-	ok, err := in.chunks.Rebase(ctx, rec.ID, blob, bases, func() (bool, error) {
-		r, err := in.ix.Rebase(ctx, c, rec, in.opts.MaxDeltaDepth)
-		if err == nil && r == index.RebaseTooDeep {
-			var moved bool
-			if moved, grown = in.rehomeDependents(ctx, di, rec.ID, s); moved {
-				r, err = in.ix.Rebase(ctx, c, rec, in.opts.MaxDeltaDepth)
-			}
+	// It replaces a blob that reads fine, so it must read back too.
+	if rw.err = in.chunks.CheckDelta(ctx, rec.ID, blob, bases); rw.err == nil {
+		rw.c, rw.blob, rw.outcome = c, blob, rebasedOK
+	}
+	return rw
+}
+
+// rebaseFlusher records and replaces rewrites, one window at a time, and
+// keeps the tally. Only its goroutine touches it until rebasePredecessor
+// reads the tally.
+type rebaseFlusher struct {
+	in       *Ingester
+	di       *deltaIndex
+	outcomes [numOutcomes]int
+	saved    int64 // net of dependents moved, which may have grown either way
+	failed   int
+	firstErr error
+}
+
+func (f *rebaseFlusher) fail(err error) {
+	if f.failed++; f.firstErr == nil {
+		f.firstErr = err
+	}
+}
+
+// flush records the window's deltas in one index transaction and replaces
+// the blobs of those recorded in one store call (store.Chunks.Replace), in
+// that order, so a base a blob needs is always named in the index. A chunk
+// whose dependents would pass the depth cap gets them moved onto the new
+// release first (rehomeDependents), then is tried again on its own.
+func (f *rebaseFlusher) flush(ctx context.Context, w []*rewrite) {
+	in := f.in
+	var todo []*rewrite
+	for _, rw := range w {
+		switch {
+		case rw.err != nil:
+			f.fail(rw.err)
+		case rw.outcome != rebasedOK:
+			f.outcomes[rw.outcome]++
+		default:
+			todo = append(todo, rw)
 		}
-		return r == index.Rebased, err
-	})
-	in.Progress.RebaseSaved.Add(-grown)
-	if err != nil || !ok {
-		return -grown, declined, err
 	}
-	in.Progress.Rebased.Add(1)
-	in.Progress.RebaseSaved.Add(s)
-	return s - grown, rebasedOK, nil
+	rs, err := in.rewriteBlobs(ctx, todo)
+	if err != nil {
+		f.fail(err)
+	}
+	for i, rw := range todo {
+		s := int64(rw.rec.StoredSize) - int64(rw.c.StoredSize)
+		switch {
+		case err != nil:
+			f.outcomes[declined]++
+		case rs[i] == index.Rebased:
+			f.done(s)
+		case rs[i] == index.RebaseTooDeep && ctx.Err() == nil:
+			// Tried again even when none moved now: a chunk earlier in the
+			// window may have had the same dependents moved already.
+			grown := in.rehomeDependents(ctx, f.di, rw.rec.ID, s)
+			in.Progress.RebaseSaved.Add(-grown)
+			f.saved -= grown
+			r, err := in.rewriteBlobs(ctx, []*rewrite{rw})
+			if err != nil {
+				f.fail(err)
+			} else if r[0] == index.Rebased {
+				f.done(s)
+				continue
+			}
+			f.outcomes[declined]++
+		default:
+			f.outcomes[declined]++
+		}
+	}
+}
+
+func (f *rebaseFlusher) done(saved int64) {
+	f.outcomes[rebasedOK]++
+	f.saved += saved
+	f.in.Progress.Rebased.Add(1)
+	f.in.Progress.RebaseSaved.Add(saved)
+}
+
+// rewriteBlobs records rws in the index (one transaction) and replaces the
+// blobs of those it recorded (one store call), in that order. A failed
+// replace is an error: the blobs are then the old or the new ones, each
+// reading as before, and the records name the new bases, which only keeps
+// them from deletion.
+func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.RebaseResult, error) {
+	if len(rws) == 0 {
+		return nil, nil
+	}
+	req := make([]index.Rewrite, len(rws))
+	for i, rw := range rws {
+		req[i] = index.Rewrite{C: rw.c, Old: rw.rec}
+	}
+	rs, err := in.ix.Rebase(ctx, req, in.opts.MaxDeltaDepth)
+	if err != nil {
+		return nil, fmt.Errorf("record %d rebased chunks: %w", len(rws), err)
+	}
+	var blobs []store.Blob
+	for i, rw := range rws {
+		if rs[i] == index.Rebased {
+			blobs = append(blobs, store.Blob{ID: rw.rec.ID, Data: rw.blob})
+		}
+	}
+	if len(blobs) > 0 {
+		if err := in.chunks.Replace(ctx, blobs); err != nil {
+			return nil, fmt.Errorf("replace %d chunks with their deltas: %w (each blob is the old or the new one, and reads as before)", len(blobs), err)
+		}
+	}
+	return rs, nil
 }
 
 // rehomeDependents moves the chunks depending directly on chunk id (older
@@ -151,19 +304,21 @@ func (in *Ingester) rebaseChunk(ctx context.Context, di *deltaIndex, rec index.C
 // releases (on the large corpus at level 3: 0.731 of xz after six bumps
 // against 0.627). A dependent moves only when it finds a delta base in the
 // new release and the dependents' deltas grow by less than budget (what
-// rebasing id saves) in all. It reports whether any moved, and by how many
-// bytes they grew.
-func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, id chunker.ID, budget int64) (bool, int64) {
+// rebasing id saves) in all. It returns by how many bytes those that moved
+// grew.
+func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, id chunker.ID, budget int64) int64 {
 	deps, err := in.ix.Dependents(ctx, id)
 	if err != nil || len(deps) == 0 {
-		return false, 0
+		return 0
 	}
 	recs, err := in.ix.Chunks(ctx, deps)
 	if err != nil {
-		return false, 0
+		return 0
 	}
-	var grow int64
-	moved := false
+	var (
+		grow int64
+		todo []*rewrite
+	)
 	for _, rec := range recs {
 		if rec.ID.IsZero() {
 			continue
@@ -173,21 +328,24 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, id chu
 			continue
 		}
 		g := int64(c.StoredSize) - int64(rec.StoredSize)
-		if grow+g >= budget {
-			continue
-		}
-		ok, err := in.chunks.Rebase(ctx, rec.ID, blob, bases, func() (bool, error) {
-			r, err := in.ix.Rebase(ctx, c, rec, in.opts.MaxDeltaDepth)
-			return r == index.Rebased, err
-		})
-		if err != nil || !ok {
+		if grow+g >= budget || in.chunks.CheckDelta(ctx, rec.ID, blob, bases) != nil {
 			continue
 		}
 		grow += g
-		moved = true
-		in.Progress.Rehomed.Add(1)
+		todo = append(todo, &rewrite{rec: rec, c: c, blob: blob})
 	}
-	return moved, grow
+	rs, err := in.rewriteBlobs(ctx, todo)
+	if err != nil {
+		return 0
+	}
+	grow = 0
+	for i, rw := range todo {
+		if rs[i] == index.Rebased {
+			grow += int64(rw.c.StoredSize) - int64(rw.rec.StoredSize)
+			in.Progress.Rehomed.Add(1)
+		}
+	}
+	return grow
 }
 
 // deltaOfNew encodes the chunk of record rec as a delta of the new

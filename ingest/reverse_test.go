@@ -5,14 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/internal/nixtest"
+	"github.com/narstore/narstore/lock"
 	"github.com/narstore/narstore/store"
 )
 
@@ -66,6 +69,92 @@ func TestReverseDeltas(t *testing.T) {
 	t.Logf("six releases stored in %d bytes forward, %d reverse", stored[false], stored[true])
 	if stored[true] > stored[false]*5/4 {
 		t.Errorf("reverse deltas stored %d bytes, forward %d", stored[true], stored[false])
+	}
+}
+
+// Reverse deltas store the same whatever the number of workers: workers only
+// encode, and one flusher records, replaces and moves dependents in the
+// predecessor's order. When each worker recorded its own chunks they raced
+// for the same dependents.
+func TestReverseDeltasSameWithAnyWorkers(t *testing.T) {
+	nars := releases(t, 6)
+	var want []index.Chunk
+	for _, workers := range []int{1, 8} {
+		e := newEnv(t)
+		nis := publishReleases(t, e, nars)
+		in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) {
+			o.Delta, o.ReverseDelta, o.MaxDeltaDepth, o.ChunkWorkers = true, true, 2, workers
+		})
+		for _, ni := range nis {
+			if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if in.Progress.Rehomed.Load() == 0 {
+			t.Fatalf("%d workers: no dependents moved; the test needs some", workers)
+		}
+		ids, recs, _ := storedChunks(t, e)
+		slices.SortFunc(recs, func(a, b index.Chunk) int { return slices.Compare(a.ID[:], b.ID[:]) })
+		if len(ids) != len(recs) {
+			t.Fatalf("%d blobs, %d records", len(ids), len(recs))
+		}
+		if want == nil {
+			want = recs
+			continue
+		}
+		if len(recs) != len(want) {
+			t.Fatalf("%d workers: %d chunks, one worker %d", workers, len(recs), len(want))
+		}
+		differ := 0
+		for i := range recs {
+			if !reflect.DeepEqual(recs[i], want[i]) {
+				differ++
+			}
+		}
+		if differ > 0 {
+			t.Errorf("%d workers: %d of %d chunk records differ from one worker's", workers, differ, len(recs))
+		}
+	}
+}
+
+// An ingest does not rewrite a predecessor another ingest is rewriting (its
+// rebase lock is taken): the two would replace each other's blobs between
+// record and replace. Once the lock is free, the next release rewrites it.
+func TestReverseDeltaSkipsPredecessorBeingRewritten(t *testing.T) {
+	e := newEnv(t)
+	nis := publishReleases(t, e, releases(t, 3))
+	lk := lock.NewLocal(lock.Retry{}, nil)
+	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { reverseDeltas(o); o.Locker = lk })
+	if _, err := in.IngestPath(t.Context(), nis[0].StorePath); err != nil {
+		t.Fatal(err)
+	}
+	lease, ok, err := lk.TryLock(t.Context(), ingest.RebaseLockKey(nis[0].NarHash), time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("take the rebase lock: %v, %v", ok, err)
+	}
+	res, err := in.IngestPath(t.Context(), nis[1].StorePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nar, _ := e.ix.NAR(t.Context(), nis[0].NarHash)
+	if res.Rebased != 0 || len(deltaChunks(t, e.ix, nar)) != 0 {
+		t.Errorf("release 1 rewritten (%d chunks, %d deltas) while its rebase lock was held", res.Rebased, len(deltaChunks(t, e.ix, nar)))
+	}
+	lease.Unlock(t.Context())
+	if res, err = in.IngestPath(t.Context(), nis[2].StorePath); err != nil {
+		t.Fatal(err)
+	}
+	if res.Rebased == 0 {
+		t.Errorf("release 2 not rewritten with its rebase lock free")
+	}
+	if held, _, _ := lk.TryLock(t.Context(), ingest.RebaseLockKey(nis[1].NarHash), time.Minute); held == nil {
+		t.Errorf("the rebase lock of release 2 is still held after the ingest")
+	}
+	for _, ni := range nis {
+		nar, _ := e.ix.NAR(t.Context(), ni.NarHash)
+		if got := e.readBack(t, ni); len(got) != int(nar.Size) {
+			t.Fatalf("%s does not read back", ni.StorePath)
+		}
 	}
 }
 
@@ -151,15 +240,15 @@ func TestReverseDeltasNeedReplace(t *testing.T) {
 // failingReplace is a store whose Replace fails after writing nothing.
 type failingReplace struct{ *store.Dir }
 
-func (failingReplace) Replace(context.Context, chunker.ID, []byte) error {
+func (failingReplace) Replace(context.Context, []store.Blob) error {
 	return errors.New("replace: disk full")
 }
 
 // failingRebase is an index whose Rebase fails after recording nothing.
 type failingRebase struct{ *index.SQLite }
 
-func (failingRebase) Rebase(context.Context, index.Chunk, index.Chunk, int) (index.RebaseResult, error) {
-	return index.RebaseStale, errors.New("index: connection lost")
+func (failingRebase) Rebase(context.Context, []index.Rewrite, int) ([]index.RebaseResult, error) {
+	return nil, errors.New("index: connection lost")
 }
 
 // When a rewrite fails halfway, at the index or at the store, every release

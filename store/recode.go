@@ -184,7 +184,7 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder) (R
 	if _, err := c.decodePayload(id, newKind, frame, dict, true); err != nil {
 		return out, fmt.Errorf("chunk %s: recompressed frame does not read back (%v); left as it was", id, err)
 	}
-	if err := r.Replace(ctx, id, nb); err != nil {
+	if err := r.Replace(ctx, []Blob{{ID: id, Data: nb}}); err != nil {
 		return out, err
 	}
 	out.Encoding, out.NewSize, out.Replaced = newKind, len(nb), true
@@ -192,25 +192,14 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder) (R
 }
 
 // CanReplace reports whether the store can rewrite blobs in place (Recode,
-// Rebase).
+// Replace).
 func (c *Chunks) CanReplace() bool { _, ok := c.store.(Replacer); return ok }
 
-// Rebase replaces chunk id's blob with blob, a delta EncodeDelta made of the
-// chunk's bytes against bases (reverse deltas: an older release re-encoded
-// against a newer one), in the order the deletion rule needs:
-//  1. the delta is read back, against the same base bytes, and must hash to
-//     id (it replaces a blob that reads fine, so it must too);
-//  2. record (the index naming the new bases) runs, and may decline;
-//  3. only then is the blob replaced.
-//
-// It reports whether the blob was replaced. An error from Replace leaves the
-// old blob, which reads without the bases the index now names: that only
-// keeps them from deletion.
-func (c *Chunks) Rebase(ctx context.Context, id chunker.ID, blob []byte, bases []Base, record func() (bool, error)) (bool, error) {
-	r, ok := c.store.(Replacer)
-	if !ok {
-		return false, ErrNoReplace
-	}
+// CheckDelta reads blob, a delta EncodeDelta made of chunk id's bytes
+// against bases, back against the same base bytes, and returns an error
+// unless it hashes to id. Reverse deltas check each delta so before it
+// replaces a blob that reads fine (Replace).
+func (c *Chunks) CheckDelta(ctx context.Context, id chunker.ID, blob []byte, bases []Base) error {
 	byID := make(map[chunker.ID][]byte, len(bases))
 	for _, b := range bases {
 		byID[b.ID] = b.Data
@@ -222,13 +211,19 @@ func (c *Chunks) Rebase(ctx context.Context, id chunker.ID, blob []byte, bases [
 		return nil, fmt.Errorf("delta names base %s it was not made with: %w", bid, ErrCorrupt)
 	}
 	if _, err := c.decode(ctx, id, blob, have, 0, true); err != nil {
-		return false, fmt.Errorf("chunk %s: rebased delta does not read back (%w); left as it was", id, err)
+		return fmt.Errorf("chunk %s: delta does not read back (%w); left as it was", id, err)
 	}
-	if ok, err := record(); err != nil || !ok {
-		return false, err
+	return nil
+}
+
+// Replace replaces the blobs of chunks with new ones (Replacer), for reverse
+// deltas: each one checked (CheckDelta) and recorded in the index first, in
+// the order the deletion rule needs. On error every blob is the old one or
+// the new one, and each reads as before.
+func (c *Chunks) Replace(ctx context.Context, blobs []Blob) error {
+	r, ok := c.store.(Replacer)
+	if !ok {
+		return ErrNoReplace
 	}
-	if err := r.Replace(ctx, id, blob); err != nil {
-		return false, fmt.Errorf("chunk %s: replace with its delta: %w (the old blob stays, and reads as before)", id, err)
-	}
-	return true, nil
+	return r.Replace(ctx, blobs)
 }

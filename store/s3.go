@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -207,10 +208,30 @@ func (s *S3) Put(ctx context.Context, id chunker.ID, blob []byte) error {
 	return nil
 }
 
-// Replace implements Replacer. A PUT replaces an object atomically; the
-// HEAD before it keeps Replace from creating a blob that is gone (deletions
-// and rewrites do not overlap: both hold the maintenance lock).
-func (s *S3) Replace(ctx context.Context, id chunker.ID, blob []byte) error {
+// Replace implements Replacer: a HEAD and a PUT per blob, replaceWorkers
+// at a time. A PUT replaces an object atomically; the HEAD before it keeps
+// Replace from creating a blob that is gone (deletions and rewrites do not
+// overlap: both hold the maintenance lock).
+func (s *S3) Replace(ctx context.Context, blobs []Blob) error {
+	errs := make([]error, len(blobs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, replaceWorkers)
+	for i, b := range blobs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = s.replace(ctx, b.ID, b.Data)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// replaceWorkers is how many blobs S3.Replace rewrites at once.
+const replaceWorkers = 8
+
+func (s *S3) replace(ctx context.Context, id chunker.ID, blob []byte) error {
 	ok, err := s.Has(ctx, id)
 	if err != nil {
 		return fmt.Errorf("replace chunk %s: %w", id, err)

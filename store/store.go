@@ -48,13 +48,15 @@ type Store interface {
 	Walk(ctx context.Context, fn func(id chunker.ID, size int64) error) error
 }
 
-// Replacer is implemented by stores that can rewrite a stored blob in
+// Replacer is implemented by stores that can rewrite stored blobs in
 // place, for recompression (Chunks.Recode) and reverse deltas
-// (Chunks.Rebase). Replace stores blob under id instead of the blob there,
-// atomically and durably: a reader sees the old blob or the new one, whole,
-// and the new one survives a crash once Replace returns. The caller
-// guarantees both blobs decode to the same chunk; a blob that is not there
-// is ErrNotFound (Replace does not create one).
+// (Chunks.Replace). Replace stores each blob under its ID instead of the
+// blob there, atomically and durably: a reader sees the old blob or the new
+// one, whole, and the new ones survive a crash once Replace returns nil. One
+// call for many blobs lets a store make them durable together. On error
+// each blob is the old one or the new one. The caller guarantees both blobs
+// decode to the same chunk; a blob that is not there is ErrNotFound (Replace
+// does not create one).
 //
 // Rewrites and deletions must not interleave on one chunk, because a
 // deletion between Replace's check and its write would leave the new blob
@@ -65,7 +67,13 @@ type Store interface {
 // holds that NAR's ingest lock), or must remove blobs without a record on a
 // later pass.
 type Replacer interface {
-	Replace(ctx context.Context, id chunker.ID, blob []byte) error
+	Replace(ctx context.Context, blobs []Blob) error
+}
+
+// Blob is a chunk's blob, for Replacer.
+type Blob struct {
+	ID   chunker.ID
+	Data []byte
 }
 
 // Syncer is implemented by stores whose Put is atomic but not yet durable.

@@ -454,11 +454,11 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 		rebase := func(c, old index.Chunk, maxDepth int) index.RebaseResult {
 			t.Helper()
-			r, err := ix.Rebase(ctx, c, old, maxDepth)
-			if err != nil {
-				t.Fatal(err)
+			r, err := ix.Rebase(ctx, []index.Rewrite{{C: c, Old: old}}, maxDepth)
+			if err != nil || len(r) != 1 {
+				t.Fatalf("Rebase = %v, %v; want one result", r, err)
 			}
-			return r
+			return r[0]
 		}
 		delta := func(id chunker.ID, enc store.Encoding, size uint32, bases ...chunker.ID) index.Chunk {
 			return index.Chunk{ID: id, Size: 100, StoredSize: size, Encoding: uint8(enc), Bases: bases, Level: 7}
@@ -502,6 +502,7 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 			"onto a chunk that has bases": {delta(newer[0].ID, store.EncZstdDelta, 9, old[0].ID), newer[0]},
 			"onto itself":                 {delta(old[2].ID, store.EncZstdDelta, 9, old[2].ID), old[2]},
 			"onto an unrecorded chunk":    {delta(old[2].ID, store.EncZstdDelta, 9, chunker.ID{9}), old[2]},
+			"of an unrecorded chunk":      {delta(chunker.ID{8}, store.EncZstdDelta, 9, newer[2].ID), {}},
 		} {
 			if r := rebase(try[0], try[1], 8); r != index.RebaseStale {
 				t.Errorf("rebase %s: %v, want RebaseStale", name, r)
@@ -516,18 +517,36 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		if got := get(old[0].ID); !reflect.DeepEqual(got, want) {
 			t.Errorf("after second rebase: %+v, want %+v", got, want)
 		}
-		if _, err := ix.Rebase(ctx, delta(chunker.ID{8}, store.EncZstdDelta, 9, newer[2].ID), index.Chunk{}, 8); !errors.Is(err, index.ErrNotFound) {
-			t.Errorf("rebase of an unrecorded chunk: %v, want ErrNotFound", err)
+		// Several rewrites in one call, in order: each sees the ones before
+		// it. old[1] onto newer[1] is recorded, so old[2] onto old[1] (a
+		// chunk with bases now) is refused, and old[2] onto newer[2] is
+		// recorded.
+		o1 := delta(old[1].ID, store.EncZstdDelta, 11, newer[1].ID)
+		o2 := delta(old[2].ID, store.EncZstdDelta, 12, newer[2].ID)
+		rs, err := ix.Rebase(ctx, []index.Rewrite{{C: o1, Old: old[1]}, {C: delta(old[2].ID, store.EncZstdDelta, 9, old[1].ID), Old: old[2]}, {C: o2, Old: old[2]}}, 3)
+		if wantR := []index.RebaseResult{index.Rebased, index.RebaseStale, index.Rebased}; err != nil || !reflect.DeepEqual(rs, wantR) {
+			t.Fatalf("batch Rebase = %v, %v; want %v", rs, err, wantR)
+		}
+		o1.Depth, o2.Depth = 1, 1
+		if g1, g2 := get(old[1].ID), get(old[2].ID); !reflect.DeepEqual(g1, o1) || !reflect.DeepEqual(g2, o2) {
+			t.Errorf("after batch rebase: %+v, %+v; want %+v, %+v", g1, g2, o1, o2)
+		}
+		// An error records nothing, not even the rewrites before it.
+		if _, err := ix.Rebase(ctx, []index.Rewrite{{C: delta(newer[0].ID, store.EncZstdDelta, 5, newer[1].ID), Old: newer[0]}, {C: index.Chunk{ID: newer[2].ID}, Old: newer[2]}}, 3); err == nil {
+			t.Errorf("batch Rebase with a rewrite naming no bases: no error")
+		}
+		if got := get(newer[0].ID); !reflect.DeepEqual(got, newer[0]) {
+			t.Errorf("a failed batch recorded its first rewrite: %+v", got)
 		}
 		st, err := ix.Stats(ctx)
-		if err != nil || st.StoredBytes != 7*50+8 {
-			t.Errorf("stored bytes after rebase: %d, %v; want %d", st.StoredBytes, err, 7*50+8)
+		if err != nil || st.StoredBytes != 5*50+8+11+12 {
+			t.Errorf("stored bytes after rebase: %d, %v; want %d", st.StoredBytes, err, 5*50+8+11+12)
 		}
 		depths, err := ix.Depths(ctx)
 		d := func(depth int, n int64, size, stored uint64) index.DepthStats {
 			return index.DepthStats{Depth: depth, Chunks: n, ChunkBytes: size, StoredBytes: stored}
 		}
-		wantDepths := []index.DepthStats{d(0, 5, 500, 250), d(1, 1, 100, 8), d(2, 1, 100, 50), d(3, 1, 100, 50)}
+		wantDepths := []index.DepthStats{d(0, 3, 300, 150), d(1, 3, 300, 8+11+12), d(2, 1, 100, 50), d(3, 1, 100, 50)}
 		if err != nil || !reflect.DeepEqual(depths, wantDepths) {
 			t.Errorf("Depths = %+v, %v; want %+v", depths, err, wantDepths)
 		}
@@ -551,17 +570,57 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 				go func() {
 					defer wg.Done()
 					c := index.Chunk{ID: try[0].ID, Size: 100, StoredSize: 9, Encoding: uint8(store.EncZstdDelta), Bases: []chunker.ID{try[1].ID}}
-					r, err := ix.Rebase(ctx, c, try[0], 3)
+					r, err := ix.Rebase(ctx, []index.Rewrite{{C: c, Old: try[0]}}, 3)
 					if err != nil {
 						t.Error(err)
 					}
-					if r == index.Rebased {
+					if len(r) == 1 && r[0] == index.Rebased {
 						wins[p].Add(1)
 					}
 				}()
 			}
 		}
+		// And in batches: two calls, each rebasing one chunk of every pair
+		// of its own onto the other, in opposite orders.
+		ni2, nar2, chunks2 := Fixture("rebase-race-batch", 2*pairs, 100)
+		if err := ix.Commit(ctx, ni2, nar2, chunks2); err != nil {
+			t.Fatal(err)
+		}
+		batchWins := make([]atomic.Int32, pairs)
+		for side := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var rw []index.Rewrite
+				for i := range pairs {
+					p := i
+					if side == 1 {
+						p = pairs - 1 - i
+					}
+					a, b := chunks2[2*p+side], chunks2[2*p+1-side]
+					rw = append(rw, index.Rewrite{C: index.Chunk{ID: a.ID, Size: 100, StoredSize: 9, Encoding: uint8(store.EncZstdDelta), Bases: []chunker.ID{b.ID}}, Old: a})
+				}
+				rs, err := ix.Rebase(ctx, rw, 3)
+				if err != nil {
+					t.Error(err)
+				}
+				for i, r := range rs {
+					p := i
+					if side == 1 {
+						p = pairs - 1 - i
+					}
+					if r == index.Rebased {
+						batchWins[p].Add(1)
+					}
+				}
+			}()
+		}
 		wg.Wait()
+		for p := range pairs {
+			if n := batchWins[p].Load(); n != 1 {
+				t.Errorf("pair %d: %d of two opposite batched rebases recorded, want exactly 1", p, n)
+			}
+		}
 		for p := range pairs {
 			if n := wins[p].Load(); n != 1 {
 				t.Errorf("pair %d: %d of two opposite rebases recorded, want exactly 1", p, n)

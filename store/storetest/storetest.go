@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,33 +134,51 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Skip("store does not implement Replacer")
 		}
 		id, b := blob(7)
-		if err := s.Put(ctx, id, b); err != nil {
-			t.Fatal(err)
-		}
-		nb := []byte("the same chunk, recompressed")
-		if err := r.Replace(ctx, id, nb); err != nil {
-			t.Fatal(err)
-		}
-		if got, err := get(t, s, id); err != nil || !bytes.Equal(got, nb) {
-			t.Fatalf("Get after Replace: %q, %v; want the new blob", got, err)
-		}
-		n := 0
-		if err := s.Walk(ctx, func(wid chunker.ID, size int64) error {
-			n++
-			if wid != id || size != int64(len(nb)) {
-				t.Errorf("Walk after Replace: %s, %d bytes; want %s, %d", wid, size, id, len(nb))
+		id2, b2 := blob(9)
+		for _, p := range []store.Blob{{ID: id, Data: b}, {ID: id2, Data: b2}} {
+			if err := s.Put(ctx, p.ID, p.Data); err != nil {
+				t.Fatal(err)
 			}
-			return nil
-		}); err != nil || n != 1 {
-			t.Fatalf("Walk after Replace saw %d blobs, %v; want 1 (no temp file left)", n, err)
 		}
+		nb, nb2 := []byte("the same chunk, recompressed"), []byte("another chunk, recompressed")
+		if err := r.Replace(ctx, []store.Blob{{ID: id, Data: nb}, {ID: id2, Data: nb2}}); err != nil {
+			t.Fatal(err)
+		}
+		want := map[chunker.ID][]byte{id: nb, id2: nb2}
+		for wid, w := range want {
+			if got, err := get(t, s, wid); err != nil || !bytes.Equal(got, w) {
+				t.Fatalf("Get after Replace: %q, %v; want the new blob", got, err)
+			}
+		}
+		walk := func(when string) {
+			t.Helper()
+			n := 0
+			if err := s.Walk(ctx, func(wid chunker.ID, size int64) error {
+				n++
+				if w, ok := want[wid]; !ok || size != int64(len(w)) {
+					t.Errorf("Walk %s: %s, %d bytes; want the new blobs' sizes", when, wid, size)
+				}
+				return nil
+			}); err != nil || n != len(want) {
+				t.Fatalf("Walk %s saw %d blobs, %v; want %d (no temp file left)", when, n, err, len(want))
+			}
+		}
+		walk("after Replace")
+		// A missing blob among present ones: those are replaced, it is not
+		// created, and the error says which.
 		missing, _ := blob(8)
-		if err := r.Replace(ctx, missing, nb); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("Replace of a missing blob: %v, want ErrNotFound", err)
+		nb3 := []byte("recompressed once more")
+		if err := r.Replace(ctx, []store.Blob{{ID: missing, Data: nb}, {ID: id, Data: nb3}}); !errors.Is(err, store.ErrNotFound) || !strings.Contains(err.Error(), missing.String()) {
+			t.Fatalf("Replace of a missing blob: %v, want ErrNotFound naming %s", err, missing)
 		}
 		if ok, err := s.Has(ctx, missing); err != nil || ok {
 			t.Fatalf("Replace of a missing blob created it (Has = %v, %v)", ok, err)
 		}
+		want[id] = nb3
+		if got, err := get(t, s, id); err != nil || !bytes.Equal(got, nb3) {
+			t.Fatalf("Get of a blob replaced next to a missing one: %q, %v; want the new blob", got, err)
+		}
+		walk("after a Replace naming a missing blob")
 	})
 	t.Run("WalkListsEveryBlobWithSize", func(t *testing.T) {
 		s := newStore(t)
