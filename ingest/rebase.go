@@ -86,7 +86,7 @@ func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *
 	}
 	var (
 		fl      = rebaseFlusher{in: in, di: di}
-		windows = make(chan []*rewrite, 1)
+		windows = make(chan []*rewrite)
 		flushed = make(chan struct{})
 	)
 	go func() {
@@ -119,7 +119,7 @@ func RebaseLockKey(narHash [32]byte) string { return "rebase/" + nixbase32.Encod
 
 // rebaseWindow is how many predecessor chunks rebasePredecessor encodes
 // before they are recorded and replaced together. It bounds the deltas held
-// in memory (two windows: one encoding, one flushing) at 64 chunks' each.
+// in memory: two windows', one being encoded while the other is flushed.
 const rebaseWindow = 64
 
 // rewrite is one predecessor chunk on its way: its record, and the delta
@@ -302,7 +302,7 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 // one, one step away, instead of keeping the chain growing. Without it id
 // would stay plain, a whole release stored plain every MaxDeltaDepth+1
 // releases (on the large corpus at level 3: 0.731 of xz after six bumps
-// against 0.627). A dependent moves only when it finds a delta base in the
+// against 0.620). A dependent moves only when it finds a delta base in the
 // new release and the dependents' deltas grow by less than budget (what
 // rebasing id saves) in all. It returns by how many bytes those that moved
 // grew.
