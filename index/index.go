@@ -7,11 +7,13 @@
 //     either fully recorded or absent.
 //   - A chunk record exists only for a chunk whose blob is stored.
 //   - Deletion rule (GC): a chunk may be deleted only when no NAR lists it and
-//     no chunk record names it among its Bases.
-//   - A chunk record names every base its blob needs. Rebase (reverse deltas)
-//     changes a chunk's bases: the record changes first and the blob after,
-//     so a crash in between leaves a record naming bases the blob does not
-//     need (kept from deletion for nothing), never the reverse.
+//     no chunk names it among its Bases or its holds (Dependents is empty).
+//   - A chunk's record and holds name every base its blob needs. Rebase
+//     (reverse deltas) changes a chunk's bases: the record changes first
+//     and the blob after, so Rebase holds the bases of the blob there (those
+//     it does not name again) until ReleaseHolds, which the caller calls once
+//     the new blob is in place. A crash in between leaves bases named that
+//     no blob needs (kept from deletion for nothing), never the reverse.
 //   - Delta bases form no cycle: a new chunk's bases are older chunks, and a
 //     rebase only takes bases that have no bases themselves.
 package index
@@ -162,12 +164,18 @@ type Index interface {
 	// every chunk depending on it, directly or not, its depth again; if one
 	// would pass maxDepth, or more than MaxRebaseDependents depend on it,
 	// RebaseTooDeep. Only a Rebased rewrite records anything; an error
-	// records none. The caller replaces a blob only after Rebased: a crash in
-	// between leaves a record naming bases a plain blob does not need, which
-	// only keeps them from deletion.
+	// records none. A Rebased chunk holds the bases of its record before (the
+	// blob there needs them) that C does not name, until ReleaseHolds. The
+	// caller replaces a blob only after Rebased, and releases its holds only
+	// after that: a crash in between leaves bases named that no blob needs,
+	// which only keeps them from deletion.
 	Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]RebaseResult, error)
-	// Dependents lists the chunks naming id among their bases.
+	// Dependents lists the chunks naming id among their bases or holding it.
 	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
+	// ReleaseHolds drops the holds of chunks ids (Rebase), once their new
+	// blobs are in place: each blob then needs only the bases its record
+	// names.
+	ReleaseHolds(ctx context.Context, ids []chunker.ID) error
 	// WalkNARs calls fn for every NAR (without its chunk list), oldest
 	// first: in the order they were recorded, to the second, and within a
 	// second in package-lineage order (so a copy keeps each package's

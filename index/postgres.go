@@ -619,7 +619,7 @@ func (p *Postgres) Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID,
 	return collectIDs(rows)
 }
 
-const pgDependentsQuery = `SELECT id FROM chunks WHERE base_id = $1 UNION SELECT chunk_id FROM chunk_bases WHERE base_id = $1`
+const pgDependentsQuery = `SELECT id FROM chunks WHERE base_id = $1 UNION SELECT chunk_id FROM chunk_bases WHERE base_id = $1 UNION SELECT chunk_id FROM base_holds WHERE base_id = $1`
 
 type pgRebase struct {
 	ctx context.Context
@@ -661,6 +661,19 @@ func (r pgRebase) set(c Chunk) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+func (r pgRebase) hold(id, base chunker.ID) error {
+	_, err := r.tx.Exec(r.ctx, `INSERT INTO base_holds (chunk_id, base_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, id[:], base[:])
+	return err
+}
+
+// ReleaseHolds implements Index.
+func (p *Postgres) ReleaseHolds(ctx context.Context, ids []chunker.ID) error {
+	if _, err := p.pool.Exec(ctx, `DELETE FROM base_holds WHERE chunk_id = ANY($1)`, idBytes(ids)); err != nil {
+		return fmt.Errorf("release holds of %d chunks: %w", len(ids), err)
 	}
 	return nil
 }

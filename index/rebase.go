@@ -2,6 +2,7 @@ package index
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/narstore/narstore/chunker"
 )
@@ -12,9 +13,9 @@ import (
 // depend on is left as it is.
 const MaxRebaseDependents = 1024
 
-// dependentsQuery lists the chunks naming a chunk (given twice) among their
-// bases, in SQLite's dialect.
-const dependentsQuery = `SELECT id FROM chunks WHERE base_id = ? UNION SELECT chunk_id FROM chunk_bases WHERE base_id = ?`
+// dependentsQuery lists the chunks naming a chunk (given three times) among
+// their bases or holds, in SQLite's dialect.
+const dependentsQuery = `SELECT id FROM chunks WHERE base_id = ? UNION SELECT chunk_id FROM chunk_bases WHERE base_id = ? UNION SELECT chunk_id FROM base_holds WHERE base_id = ?`
 
 // Rewrite is one chunk for Rebase: C is its new record (encoding, stored
 // size, level and bases; the depth is computed) and Old the record the
@@ -57,6 +58,8 @@ type rebaseTx interface {
 	dependents(id chunker.ID) ([]chunker.ID, error)
 	// set records c (encoding, stored size, level, depth and bases).
 	set(c Chunk) error
+	// hold records that chunk id's blob may still need base.
+	hold(id, base chunker.ID) error
 	// setDepth records id's depth.
 	setDepth(id chunker.ID, depth uint8) error
 }
@@ -198,6 +201,15 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 	c.Depth = depth
 	if err := tx.set(c); err != nil {
 		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+	}
+	// The blob there now needs its bases until the caller has replaced it
+	// (ReleaseHolds).
+	for _, b := range cur.Bases {
+		if !slices.Contains(c.Bases, b) {
+			if err := tx.hold(c.ID, b); err != nil {
+				return RebaseStale, fmt.Errorf("rebase chunk %s: hold base %s: %w", c.ID, b, err)
+			}
+		}
 	}
 	for _, d := range changed {
 		if err := tx.setDepth(d, depths[d]); err != nil {

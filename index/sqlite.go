@@ -676,7 +676,7 @@ func (s *SQLite) Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]Reba
 
 // Dependents implements Index.
 func (s *SQLite) Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error) {
-	rows, err := s.db.QueryContext(ctx, dependentsQuery, id[:], id[:])
+	rows, err := s.db.QueryContext(ctx, dependentsQuery, id[:], id[:], id[:])
 	if err != nil {
 		return nil, err
 	}
@@ -698,7 +698,7 @@ func (r sqliteRebase) chunks(ids []chunker.ID) ([]Chunk, error) {
 }
 
 func (r sqliteRebase) dependents(id chunker.ID) ([]chunker.ID, error) {
-	rows, err := r.tx.QueryContext(r.ctx, dependentsQuery, id[:], id[:])
+	rows, err := r.tx.QueryContext(r.ctx, dependentsQuery, id[:], id[:], id[:])
 	if err != nil {
 		return nil, err
 	}
@@ -722,6 +722,26 @@ func (r sqliteRebase) set(c Chunk) error {
 		}
 	}
 	return nil
+}
+
+func (r sqliteRebase) hold(id, base chunker.ID) error {
+	_, err := r.tx.ExecContext(r.ctx, `INSERT OR IGNORE INTO base_holds (chunk_id, base_id) VALUES (?, ?)`, id[:], base[:])
+	return err
+}
+
+// ReleaseHolds implements Index.
+func (s *SQLite) ReleaseHolds(ctx context.Context, ids []chunker.ID) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM base_holds WHERE chunk_id = ?`, id[:]); err != nil {
+			return fmt.Errorf("release holds of chunk %s: %w", id, err)
+		}
+	}
+	return tx.Commit()
 }
 
 func (r sqliteRebase) setDepth(id chunker.ID, depth uint8) error {

@@ -48,6 +48,7 @@ type Index interface {
 	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
 	SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error)
 	Rebase(ctx context.Context, rw []index.Rewrite, maxDepth int) ([]index.RebaseResult, error)
+	ReleaseHolds(ctx context.Context, ids []chunker.ID) error
 	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
 	StorePaths(ctx context.Context, narHash [32]byte) ([]string, error)
 }

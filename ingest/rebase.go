@@ -264,8 +264,9 @@ func (f *rebaseFlusher) done(saved int64) {
 	f.in.Progress.RebaseSaved.Add(saved)
 }
 
-// rewriteBlobs records rws in the index (one transaction) and replaces the
-// blobs of those it recorded (one store call), in that order. A failed
+// rewriteBlobs records rws in the index (one transaction), replaces the
+// blobs of those it recorded (one store call) and then releases the holds
+// on their old blobs' bases, in that order. A failed
 // replace is an error: the blobs are then the old or the new ones, each
 // reading as before, and the records name the new bases, which only keeps
 // them from deletion.
@@ -281,16 +282,26 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 	if err != nil {
 		return nil, fmt.Errorf("record %d rebased chunks: %w", len(rws), err)
 	}
-	var blobs []store.Blob
+	var (
+		blobs []store.Blob
+		ids   []chunker.ID
+	)
 	for i, rw := range rws {
 		if rs[i] == index.Rebased {
 			blobs = append(blobs, store.Blob{ID: rw.rec.ID, Data: rw.blob})
+			ids = append(ids, rw.rec.ID)
 		}
 	}
-	if len(blobs) > 0 {
-		if err := in.chunks.Replace(ctx, blobs); err != nil {
-			return nil, fmt.Errorf("replace %d chunks with their deltas: %w (each blob is the old or the new one, and reads as before)", len(blobs), err)
-		}
+	if len(blobs) == 0 {
+		return rs, nil
+	}
+	if err := in.chunks.Replace(ctx, blobs); err != nil {
+		return nil, fmt.Errorf("replace %d chunks with their deltas: %w (each blob is the old or the new one, and reads as before; the index holds the old one's bases)", len(blobs), err)
+	}
+	// The new blobs need only the bases their records name: the old blobs'
+	// bases are free again. Holds left behind only keep bases from deletion.
+	if err := in.ix.ReleaseHolds(ctx, ids); err != nil {
+		in.log.Warn("rebase: release holds of rewritten chunks", "chunks", len(ids), "err", err)
 	}
 	return rs, nil
 }

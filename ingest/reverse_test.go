@@ -7,6 +7,7 @@ import (
 	"io"
 	"reflect"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -244,6 +245,93 @@ func (failingReplace) Replace(context.Context, []store.Blob) error {
 	return errors.New("replace: disk full")
 }
 
+// checkBasesNamed checks the deletion rule's premise for every chunk in e's
+// store: each base its blob needs lists it among its dependents (it names
+// the base in its record or holds it). It returns how many bases the
+// records name.
+func checkBasesNamed(t *testing.T, e *env) int {
+	t.Helper()
+	ids, recs, blobBases := storedChunks(t, e)
+	named := 0
+	for i, id := range ids {
+		for _, b := range blobBases[id] {
+			deps, err := e.ix.Dependents(t.Context(), b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(deps, id) {
+				t.Errorf("chunk %s: its blob needs base %s, which the index neither names in its record nor holds for it", id, b)
+			}
+		}
+		named += len(recs[i].Bases)
+	}
+	return named
+}
+
+// toggledReplace is a store whose Replace fails while fail is set.
+type toggledReplace struct {
+	*store.Dir
+	fail *atomic.Bool
+}
+
+func (r toggledReplace) Replace(ctx context.Context, blobs []store.Blob) error {
+	if r.fail.Load() {
+		return errors.New("replace: disk full")
+	}
+	return r.Dir.Replace(ctx, blobs)
+}
+
+// A rewrite of a chunk whose blob is a delta already (a dependent moved onto
+// the newest release) fails at the store after the index recorded it: the
+// old blob still needs its old base, which the record no longer names, so
+// the index holds it for the chunk until a rewrite succeeds.
+func TestReverseDeltaFailedRewriteHoldsOldBases(t *testing.T) {
+	e := newEnv(t)
+	nars := releases(t, 3)
+	nis := publishReleases(t, e, nars)
+	var fail atomic.Bool
+	chunks, err := store.NewChunks(toggledReplace{e.dir, &fail}, store.ChunksOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := ingest.NewUpstream(e.cache.URL(), ingest.UpstreamOptions{Delay: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	preset, _ := chunker.LookupPreset("fastcdc-16k-64k-256k")
+	in, err := ingest.New(up, e.ix, chunks, ingest.Options{Preset: preset, Keys: narinfo.PublicKeys{e.cache.PublicKey},
+		Delta: true, ReverseDelta: true, MaxDeltaDepth: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for v, ni := range nis {
+		// Release 3's rewrites fail at the store: release 2's chunks, and
+		// release 1's (deltas of release 2's) moved onto release 3 to keep
+		// within the cap of 1.
+		fail.Store(v == 2)
+		if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if in.Progress.Rebased.Load() == 0 {
+		t.Fatal("nothing rewritten before the store failed")
+	}
+	for v, ni := range nis {
+		if got := e.readBack(t, ni); string(got) != string(nars[v]) {
+			t.Fatalf("release %d does not read back byte-exact", v+1)
+		}
+	}
+	checkBasesNamed(t, e)
+	// Holds of a chunk go once a rewrite of it succeeds: with the store
+	// mended, release 4 rewrites release 3 and moves release 1 and 2 again.
+	fail.Store(false)
+	ni4 := e.cache.Add(t, nixtest.Path{Name: "tool-4.0", NAR: releases(t, 4)[3], Compression: "zstd"})
+	if _, err := in.IngestPath(t.Context(), ni4.StorePath); err != nil {
+		t.Fatal(err)
+	}
+	checkBasesNamed(t, e)
+}
+
 // failingRebase is an index whose Rebase fails after recording nothing.
 type failingRebase struct{ *index.SQLite }
 
@@ -290,16 +378,7 @@ func TestReverseDeltaFailuresKeepBasesNamed(t *testing.T) {
 					t.Fatalf("release %d does not read back byte-exact", v+1)
 				}
 			}
-			ids, recs, blobBases := storedChunks(t, e)
-			named := 0
-			for i, id := range ids {
-				for _, b := range blobBases[id] {
-					if !slices.Contains(recs[i].Bases, b) {
-						t.Errorf("chunk %s: its blob needs base %s, which its index record does not name", id, b)
-					}
-				}
-				named += len(recs[i].Bases)
-			}
+			named := checkBasesNamed(t, e)
 			if fail == "store" && named == 0 {
 				t.Error("no rewrite reached the index, so the failing store was never tried")
 			}

@@ -9,8 +9,10 @@
 //     where a chunk's BLAKE3 is checked on every read.
 //
 // Deletion rule for every caller (GC included): a chunk may only be deleted when
-// no NAR references it and no stored chunk names it as its delta base. The index
-// records each chunk's base so that rule can be checked without reading blobs.
+// no NAR references it and no stored chunk's blob may need it as a delta base.
+// The index records each chunk's bases, and holds the old ones while reverse
+// deltas rewrite a blob (index.Index.Dependents lists both), so that rule can
+// be checked without reading blobs.
 package store
 
 import (

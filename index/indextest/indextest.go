@@ -517,6 +517,28 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		if got := get(old[0].ID); !reflect.DeepEqual(got, want) {
 			t.Errorf("after second rebase: %+v, want %+v", got, want)
 		}
+		// Until the caller has replaced the blob, it still needs its old
+		// bases: they are held (listed by Dependents, not in the record),
+		// and released by ReleaseHolds.
+		dependsOn := func(base, id chunker.ID) bool {
+			t.Helper()
+			deps, err := ix.Dependents(ctx, base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return slices.Contains(deps, id)
+		}
+		for _, b := range []chunker.ID{newer[1].ID, newer[0].ID, newer[2].ID} {
+			if !dependsOn(b, old[0].ID) {
+				t.Errorf("base %s of the blob before the rebase (or after) is not held for it", b)
+			}
+		}
+		if err := ix.ReleaseHolds(ctx, []chunker.ID{old[0].ID, old[2].ID}); err != nil {
+			t.Fatal(err)
+		}
+		if dependsOn(newer[1].ID, old[0].ID) || dependsOn(newer[0].ID, old[0].ID) || !dependsOn(newer[2].ID, old[0].ID) {
+			t.Errorf("after ReleaseHolds: the old bases are still held, or the recorded one is not named")
+		}
 		// Several rewrites in one call, in order: each sees the ones before
 		// it. old[1] onto newer[1] is recorded, so old[2] onto old[1] (a
 		// chunk with bases now) is refused, and old[2] onto newer[2] is
