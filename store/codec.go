@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -484,6 +485,30 @@ func (c *Chunks) get(ctx context.Context, id chunker.ID, baseFn BaseFunc, depth 
 	}
 	return data, nil
 }
+
+// BlobBases returns the bases chunk id's blob needs (none for a plain
+// blob), reading only its header.
+func (c *Chunks) BlobBases(ctx context.Context, id chunker.ID) ([]chunker.ID, error) {
+	rc, err := c.store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	hdr := make([]byte, maxHeaderSize)
+	n, err := io.ReadFull(rc, hdr)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, fmt.Errorf("read chunk %s: %w", id, err)
+	}
+	_, bases, _, err := BlobHeader(hdr[:n])
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return IDs(bases), nil
+}
+
+// maxHeaderSize bounds a blob's header: version, encoding, base count, and
+// each base's ID and range.
+const maxHeaderSize = 3 + MaxDeltaBases*(len(chunker.ID{})+2*binary.MaxVarintLen64)
 
 func (c *Chunks) readBlob(ctx context.Context, id chunker.ID) ([]byte, error) {
 	rc, err := c.store.Get(ctx, id)
