@@ -219,6 +219,16 @@ func TestChunksMultiDelta(t *testing.T) {
 	if got, err := c.Get(ctx, nextID); err != nil || !bytes.Equal(got, next) {
 		t.Fatalf("Get ranged: %v", err)
 	}
+	// BlobBases reads the bases from the header alone; a plain blob has none.
+	if got, err := c.BlobBases(ctx, nextID); err != nil || !reflect.DeepEqual(got, []chunker.ID{aID, bID}) {
+		t.Errorf("BlobBases = %v, %v; want a's and b's IDs", got, err)
+	}
+	if got, err := c.BlobBases(ctx, aID); err != nil || len(got) != 0 {
+		t.Errorf("BlobBases of a plain blob = %v, %v; want none", got, err)
+	}
+	if _, err := c.BlobBases(ctx, chunker.ID{7}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("BlobBases of a missing blob: %v, want ErrNotFound", err)
+	}
 	// A range past the end of its base (a damaged header) fails as corrupt.
 	long := append(append([]byte(nil), a...), b...)
 	past, _, err := c.EncodeDelta(next, []store.Base{{ID: aID, Data: long, Off: 40 << 10, Len: 70 << 10}, {ID: bID, Data: b}})
