@@ -515,3 +515,71 @@ func TestClusterRollingRestart(t *testing.T) {
 		}
 	}
 }
+
+// Two instances pull three releases of a package through, with reverse
+// deltas, the second and third at once on different instances: both then
+// rewrite the first release (one of them, holding its rebase lock, does).
+// Every release reads back whole from either instance, old releases hold
+// deltas of newer ones, and verify finds every delta base named in the index
+// (PostgreSQL) for the blobs in MinIO.
+func TestClusterReverseDeltas(t *testing.T) {
+	c := newCluster(t, 2, "--lock-backend", "redis", "--redis-addr", testservers.Redis(t),
+		"--redis-key-prefix", "narstore-test-"+nixtest.RandomHashPart()+":")
+	cache := nixtest.NewCache(t, "upstream-1")
+	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
+	var nis []*narinfo.NarInfo
+	for v := range 3 {
+		nar := append([]byte(nil), base...)
+		for i := 1000 + v*97; i+8 < len(nar); i += 8 << 10 {
+			copy(nar[i:], fmt.Sprintf("release%d", v))
+		}
+		nis = append(nis, cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: nar, Compression: "zstd"}))
+	}
+	up := newCountingUpstream(t, cache.Dir)
+	for i := range c.inst {
+		c.start(i, "--upstream", up.URL, "--trusted-public-key", cache.PublicKey.String(), "--delta", "--preset", "fastcdc-16k-64k-256k")
+	}
+	if err := c.fetch(nis[0], 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for v := 1; v < 3; v++ {
+		go func() { errs <- c.fetch(nis[v], v%2, v%2) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ix := c.index()
+	for _, ni := range nis {
+		if ok, err := ix.HasNAR(t.Context(), ni.NarHash); err != nil || !ok {
+			t.Fatalf("%s not recorded: %v", ni.StorePath, err)
+		}
+	}
+	// Reverse deltas rewrite after the client has its NAR: wait for them.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		depths, err := ix.Depths(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(depths) > 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no release was rewritten as deltas of a newer one: %+v", depths)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, ni := range nis {
+		for i := range c.inst {
+			if err := c.fetchNAR(ni, i); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if out, errs, code := narstore(t, append([]string{"verify", "--data", t.TempDir()}, c.args[:4]...)...); code != 0 || strings.Contains(out, "UNSAFE") {
+		t.Fatalf("verify: exit %d\n%s%s", code, out, errs)
+	}
+}
