@@ -526,15 +526,7 @@ func TestClusterReverseDeltas(t *testing.T) {
 	c := newCluster(t, 2, "--lock-backend", "redis", "--redis-addr", testservers.Redis(t),
 		"--redis-key-prefix", "narstore-test-"+nixtest.RandomHashPart()+":")
 	cache := nixtest.NewCache(t, "upstream-1")
-	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
-	var nis []*narinfo.NarInfo
-	for v := range 3 {
-		nar := append([]byte(nil), base...)
-		for i := 1000 + v*97; i+8 < len(nar); i += 8 << 10 {
-			copy(nar[i:], fmt.Sprintf("release%d", v))
-		}
-		nis = append(nis, cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: nar, Compression: "zstd"}))
-	}
+	nis := toolReleases(t, cache, 3)
 	up := newCountingUpstream(t, cache.Dir)
 	for i := range c.inst {
 		c.start(i, "--upstream", up.URL, "--trusted-public-key", cache.PublicKey.String(), "--delta", "--preset", "fastcdc-16k-64k-256k")

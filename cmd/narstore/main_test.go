@@ -58,6 +58,23 @@ type statsJSON struct {
 	} `json:"depths"`
 }
 
+// toolReleases adds n releases of a package, tool-1.0 to tool-n.0, to
+// cache: the Go tree's src/encoding with a marker of the release written
+// every 8 KiB, so each release is nearly the one before.
+func toolReleases(t *testing.T, cache *nixtest.Cache, n int) []*narinfo.NarInfo {
+	t.Helper()
+	base := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
+	var nis []*narinfo.NarInfo
+	for v := range n {
+		nar := append([]byte(nil), base...)
+		for i := 500 + v*97; i+8 < len(nar); i += 8 << 10 {
+			copy(nar[i:], fmt.Sprintf("release%d", v+1))
+		}
+		nis = append(nis, cache.Add(t, nixtest.Path{Name: fmt.Sprintf("tool-%d.0", v+1), NAR: nar, Compression: "zstd"}))
+	}
+	return nis
+}
+
 func stats(t *testing.T, data string) statsJSON {
 	t.Helper()
 	out, errs, code := narstore(t, "stats", "--data", data, "--json")

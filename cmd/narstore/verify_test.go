@@ -19,13 +19,8 @@ import (
 // base the blob needs.
 func TestVerifyNamesDeltaBasesTheIndexDoesNot(t *testing.T) {
 	cache := nixtest.NewCache(t, "up-1")
-	v1 := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding"))
-	v2 := append([]byte(nil), v1...)
-	for i := 500; i+8 < len(v2); i += 8 << 10 {
-		copy(v2[i:], "release2")
-	}
-	p1 := cache.Add(t, nixtest.Path{Name: "tool-1.0", NAR: v1, Compression: "zstd"})
-	p2 := cache.Add(t, nixtest.Path{Name: "tool-2.0", NAR: v2, Compression: "zstd"})
+	nis := toolReleases(t, cache, 2)
+	p1, p2 := nis[0], nis[1]
 	data := t.TempDir()
 	for _, p := range []string{p1.StorePath, p2.StorePath} {
 		if _, errs, code := narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(),
