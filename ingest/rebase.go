@@ -20,8 +20,9 @@ import (
 // 3.5 chunks per chunk served at depth 3. Reversed, the new release is
 // stored plain and, once recorded, the previous release's chunks are
 // re-encoded as deltas of it: same chunk IDs, new blobs. Each rewrite is
-// recorded in the index (index.Rebase) before its blob is replaced
-// (store.Chunks.Rebase), so a base a blob needs is always named in the index.
+// recorded in the index (index.Rebase, which holds the old blob's bases)
+// before its blob is replaced (store.Chunks.Replace), and the holds are
+// released after, so a base a blob needs is always named in the index.
 //
 // A chunk is rewritten only onto plain chunks of the new release (which
 // keeps the graph free of cycles) and only when the chunks depending on it,
