@@ -1,8 +1,10 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -134,28 +136,37 @@ type rewrite struct {
 	err     error
 }
 
+// saved is how much smaller the delta is than the blob it replaces.
+func (rw *rewrite) saved() int64 { return int64(rw.rec.StoredSize) - int64(rw.c.StoredSize) }
+
 // encodeRewrites encodes the chunks of recs as deltas of the new release,
 // ChunkWorkers at once, keeping each only if it beats its blob by the
 // margin and reads back.
 func (in *Ingester) encodeRewrites(ctx context.Context, di *deltaIndex, recs []index.Chunk) []*rewrite {
 	out := make([]*rewrite, len(recs))
+	in.parallel(len(recs), func(i int) { out[i] = in.encodeRewrite(ctx, di, recs[i]) })
+	return out
+}
+
+// parallel calls fn(0) … fn(n-1) on ChunkWorkers goroutines and returns
+// when all are done.
+func (in *Ingester) parallel(n int, fn func(i int)) {
 	work := make(chan int)
 	var wg sync.WaitGroup
-	for range min(in.opts.ChunkWorkers, len(recs)) {
+	for range min(in.opts.ChunkWorkers, n) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				out[i] = in.encodeRewrite(ctx, di, recs[i])
+				fn(i)
 			}
 		}()
 	}
-	for i := range recs {
+	for i := range n {
 		work <- i
 	}
 	close(work)
 	wg.Wait()
-	return out
 }
 
 // encodeRewrite encodes one predecessor chunk (rec) as a delta of the new
@@ -211,12 +222,13 @@ func (f *rebaseFlusher) fail(err error) {
 
 // flush records the window's deltas in one index transaction and replaces
 // the blobs of those recorded in one store call (store.Chunks.Replace), in
-// that order, so a base a blob needs is always named in the index. A chunk
-// whose dependents would pass the depth cap gets them moved onto the new
-// release first (rehomeDependents), then is tried again on its own.
+// that order, so a base a blob needs is always named in the index. The
+// chunks whose dependents would pass the depth cap get those moved onto the
+// new release (rehomeDependents), then are tried again, in one more
+// transaction and store call.
 func (f *rebaseFlusher) flush(ctx context.Context, w []*rewrite) {
 	in := f.in
-	var todo []*rewrite
+	var todo, deep []*rewrite
 	for _, rw := range w {
 		switch {
 		case rw.err != nil:
@@ -232,27 +244,33 @@ func (f *rebaseFlusher) flush(ctx context.Context, w []*rewrite) {
 		f.fail(err)
 	}
 	for i, rw := range todo {
-		s := int64(rw.rec.StoredSize) - int64(rw.c.StoredSize)
 		switch {
 		case err != nil:
 			f.outcomes[declined]++
 		case rs[i] == index.Rebased:
-			f.done(s)
+			f.done(rw.saved())
 		case rs[i] == index.RebaseTooDeep && ctx.Err() == nil:
-			// Tried again even when none moved now: a chunk earlier in the
-			// window may have had the same dependents moved already.
-			grown := in.rehomeDependents(ctx, f.di, rw.rec.ID, s)
-			in.Progress.RebaseSaved.Add(-grown)
-			f.saved -= grown
-			r, err := in.rewriteBlobs(ctx, []*rewrite{rw})
-			if err != nil {
-				f.fail(err)
-			} else if r[0] == index.Rebased {
-				f.done(s)
-				continue
-			}
-			f.outcomes[declined]++
+			deep = append(deep, rw)
 		default:
+			f.outcomes[declined]++
+		}
+	}
+	if len(deep) == 0 {
+		return
+	}
+	grown := in.rehomeDependents(ctx, f.di, deep)
+	in.Progress.RebaseSaved.Add(-grown)
+	f.saved -= grown
+	// Tried again even where none of its own dependents moved: they may
+	// have moved for another chunk.
+	rs, err = in.rewriteBlobs(ctx, deep)
+	if err != nil {
+		f.fail(err)
+	}
+	for i, rw := range deep {
+		if err == nil && rs[i] == index.Rebased {
+			f.done(rw.saved())
+		} else {
 			f.outcomes[declined]++
 		}
 	}
@@ -307,57 +325,83 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 	return rs, nil
 }
 
-// rehomeDependents moves the chunks depending directly on chunk id (older
-// releases, rewritten against it before) onto the new release's chunks, so
-// that id can become a delta of them without taking its dependents past the
-// depth cap: the release past the cap is re-encoded against the newest
-// one, one step away, instead of keeping the chain growing. Without it id
-// would stay plain, a whole release stored plain every MaxDeltaDepth+1
-// releases (on the large corpus at level 3: 0.731 of xz after six bumps
-// against 0.620). A dependent moves only when it finds a delta base in the
-// new release and the dependents' deltas grow by less than budget (what
-// rebasing id saves) in all. It returns by how many bytes those that moved
-// grew.
-func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, id chunker.ID, budget int64) int64 {
-	deps, err := in.ix.Dependents(ctx, id)
-	if err != nil || len(deps) == 0 {
+// rehomeDependents moves the chunks depending directly on the chunks of
+// deep (older releases, rewritten against them before) onto the new
+// release's chunks, so that those can become deltas of it without taking
+// their dependents past the depth cap: the release past the cap is
+// re-encoded against the newest one, one step away, instead of keeping the
+// chain growing. Without it they would stay plain, a whole release stored
+// plain every MaxDeltaDepth+1 releases (on the large corpus at level 3:
+// 0.731 of xz after six bumps against 0.620). A dependent moves only when
+// it finds a delta base in the new release and the deltas of the chunk's
+// dependents grow by less than rebasing the chunk saves, in all. The
+// dependents are encoded ChunkWorkers at once, and those that move are
+// recorded and replaced together. It returns by how many bytes they grew.
+func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep []*rewrite) int64 {
+	owners := map[chunker.ID][]int{} // dependent -> the chunks of deep it depends on
+	var ids []chunker.ID
+	for i, rw := range deep {
+		deps, err := in.ix.Dependents(ctx, rw.rec.ID)
+		if err != nil {
+			continue
+		}
+		slices.SortFunc(deps, func(a, b chunker.ID) int { return bytes.Compare(a[:], b[:]) }) // the same order on every backend
+		for _, d := range deps {
+			if _, ok := owners[d]; !ok {
+				ids = append(ids, d)
+			}
+			owners[d] = append(owners[d], i)
+		}
+	}
+	if len(ids) == 0 {
 		return 0
 	}
-	recs, err := in.ix.Chunks(ctx, deps)
+	recs, err := in.ix.Chunks(ctx, ids)
 	if err != nil {
 		return 0
 	}
-	var (
-		grow int64
-		todo []*rewrite
-	)
-	for _, rec := range recs {
+	moves := make([]*rewrite, len(recs))
+	in.parallel(len(recs), func(i int) {
+		rec := recs[i]
 		if rec.ID.IsZero() {
-			continue
+			return
 		}
 		c, blob, bases, _, err := in.deltaOfNew(ctx, di, rec)
-		if err != nil || c.ID.IsZero() {
+		if err != nil || c.ID.IsZero() || in.chunks.CheckDelta(ctx, rec.ID, blob, bases) != nil {
+			return
+		}
+		moves[i] = &rewrite{rec: rec, c: c, blob: blob}
+	})
+	// Each chunk's budget is what rebasing it saves; its dependents are
+	// taken in order while their growth stays under it. A dependent of
+	// several goes on the budget of the first with room.
+	grow := make([]int64, len(deep))
+	var todo []*rewrite
+	for _, mv := range moves {
+		if mv == nil {
 			continue
 		}
-		g := int64(c.StoredSize) - int64(rec.StoredSize)
-		if grow+g >= budget || in.chunks.CheckDelta(ctx, rec.ID, blob, bases) != nil {
-			continue
+		g := -mv.saved()
+		for _, o := range owners[mv.rec.ID] {
+			if grow[o]+g < deep[o].saved() {
+				grow[o] += g
+				todo = append(todo, mv)
+				break
+			}
 		}
-		grow += g
-		todo = append(todo, &rewrite{rec: rec, c: c, blob: blob})
 	}
 	rs, err := in.rewriteBlobs(ctx, todo)
 	if err != nil {
 		return 0
 	}
-	grow = 0
-	for i, rw := range todo {
+	var grown int64
+	for i, mv := range todo {
 		if rs[i] == index.Rebased {
-			grow += int64(rw.c.StoredSize) - int64(rw.rec.StoredSize)
+			grown -= mv.saved()
 			in.Progress.Rehomed.Add(1)
 		}
 	}
-	return grow
+	return grown
 }
 
 // deltaOfNew encodes the chunk of record rec as a delta of the new
