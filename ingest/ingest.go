@@ -198,6 +198,9 @@ type Result struct {
 	// NAR's (Options.ReverseDelta), and RebaseSaved the bytes that saved.
 	Rebased     int
 	RebaseSaved int64
+	// Moved counts chunks of older releases moved onto this NAR's so that
+	// the predecessor's could be rebased within the depth cap.
+	Moved int
 	Duration    time.Duration
 
 	pred *index.NAR  // the package's previous NAR, to rebase once this one is recorded

@@ -106,13 +106,14 @@ func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *
 	}
 	close(windows)
 	<-flushed
-	res.Rebased, res.RebaseSaved = fl.outcomes[rebasedOK], fl.saved
+	res.Rebased, res.RebaseSaved, res.Moved = fl.outcomes[rebasedOK], fl.saved, fl.moved
 	if fl.failed > 0 {
 		in.log.Warn("rebase: chunks left as they were", "store_path", res.StorePath, "failed", fl.failed, "first_err", fl.firstErr)
 	}
 	in.log.Info("rebased predecessor", "store_path", res.StorePath, "predecessor_nar_hash", pred,
 		"predecessor_bytes", res.pred.Size, "chunks", fl.outcomes[rebasedOK], "saved_bytes", fl.saved,
-		"no_match", fl.outcomes[noMatch], "no_gain", fl.outcomes[noGain], "declined", fl.outcomes[declined], "dur_ms", time.Since(start).Milliseconds())
+		"no_match", fl.outcomes[noMatch], "no_gain", fl.outcomes[noGain], "declined", fl.outcomes[declined], "moved", fl.moved,
+		"dur_ms", time.Since(start).Milliseconds())
 }
 
 // RebaseLockKey names the lock reverse deltas hold (with Options.Locker)
@@ -210,6 +211,7 @@ type rebaseFlusher struct {
 	di       *deltaIndex
 	outcomes [numOutcomes]int
 	saved    int64 // net of dependents moved, which may have grown either way
+	moved    int   // dependents moved onto the new release
 	failed   int
 	firstErr error
 }
@@ -258,9 +260,10 @@ func (f *rebaseFlusher) flush(ctx context.Context, w []*rewrite) {
 	if len(deep) == 0 {
 		return
 	}
-	grown := in.rehomeDependents(ctx, f.di, deep)
+	moved, grown := in.rehomeDependents(ctx, f.di, deep)
 	in.Progress.RebaseSaved.Add(-grown)
 	f.saved -= grown
+	f.moved += moved
 	// Tried again even where none of its own dependents moved: they may
 	// have moved for another chunk.
 	rs, err = in.rewriteBlobs(ctx, deep)
@@ -336,8 +339,9 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 // it finds a delta base in the new release and the deltas of the chunk's
 // dependents grow by less than rebasing the chunk saves, in all. The
 // dependents are encoded ChunkWorkers at once, and those that move are
-// recorded and replaced together. It returns by how many bytes they grew.
-func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep []*rewrite) int64 {
+// recorded and replaced together. It returns how many moved and by how
+// many bytes they grew.
+func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep []*rewrite) (int, int64) {
 	owners := map[chunker.ID][]int{} // dependent -> the chunks of deep it depends on
 	var ids []chunker.ID
 	for i, rw := range deep {
@@ -354,11 +358,11 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep [
 		}
 	}
 	if len(ids) == 0 {
-		return 0
+		return 0, 0
 	}
 	recs, err := in.ix.Chunks(ctx, ids)
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	moves := make([]*rewrite, len(recs))
 	in.parallel(len(recs), func(i int) {
@@ -392,16 +396,32 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep [
 	}
 	rs, err := in.rewriteBlobs(ctx, todo)
 	if err != nil {
-		return 0
+		return 0, 0
 	}
-	var grown int64
+	var (
+		moved int
+		grown int64
+	)
 	for i, mv := range todo {
 		if rs[i] == index.Rebased {
+			moved++
 			grown -= mv.saved()
 			in.Progress.Rehomed.Add(1)
 		}
 	}
-	return grown
+	in.log.Debug("moved dependents onto the new release", "too_deep", len(deep), "dependents", len(ids), "encoded", len(moves)-countNil(moves),
+		"within_budget", len(todo), "moved", moved, "grown_bytes", grown)
+	return moved, grown
+}
+
+func countNil(rws []*rewrite) int {
+	n := 0
+	for _, rw := range rws {
+		if rw == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // deltaOfNew encodes the chunk of record rec as a delta of the new

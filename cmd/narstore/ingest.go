@@ -98,7 +98,7 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 		}
 		var nars, skipped int
 		var narBytes, upBytes, stored uint64
-		var newChunks, rebased int
+		var newChunks, rebased, moved int
 		var rebaseSaved int64
 		for _, r := range rep.Results {
 			if r.Skipped {
@@ -112,13 +112,15 @@ func setupIngest(fs *flag.FlagSet) runFunc {
 			newChunks += r.NewChunks
 			rebased += r.Rebased
 			rebaseSaved += r.RebaseSaved
+			moved += r.Moved
 		}
 		el := time.Since(start)
 		fmt.Fprintf(env.stdout, "Ingested %d NARs (%d already stored, %d failed) in %s: %s NAR, %s from upstream, %d new chunks, %s stored (%.1f MB/s of NAR).\n",
 			nars, skipped, len(rep.Failures), el.Round(time.Millisecond), human(narBytes), human(upBytes), newChunks, human(stored),
 			float64(narBytes)/1e6/el.Seconds())
 		if rebased > 0 || rebaseSaved != 0 {
-			fmt.Fprintf(env.stdout, "Reverse deltas: %d chunks of previous releases re-encoded against the new ones, %s less stored.\n", rebased, humanSigned(rebaseSaved))
+			fmt.Fprintf(env.stdout, "Reverse deltas: %d chunks of previous releases re-encoded against the new ones (%d of older releases moved to keep within --max-delta-depth), %s less stored.\n",
+				rebased, moved, humanSigned(rebaseSaved))
 		}
 		st, err := ix.Stats(ctx)
 		if err == nil {
