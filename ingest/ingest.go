@@ -200,8 +200,8 @@ type Result struct {
 	RebaseSaved int64
 	// Moved counts chunks of older releases moved onto this NAR's so that
 	// the predecessor's could be rebased within the depth cap.
-	Moved int
-	Duration    time.Duration
+	Moved    int
+	Duration time.Duration
 
 	pred *index.NAR  // the package's previous NAR, to rebase once this one is recorded
 	rev  *deltaIndex // what stored this NAR plain, for the rebase; closed by it or release
