@@ -36,11 +36,13 @@ func TestReverseDeltas(t *testing.T) {
 		in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) {
 			o.Delta, o.ReverseDelta, o.MaxDeltaDepth = true, reverse, limit
 		})
+		moved := 0
 		for v, ni := range nis {
 			res, err := in.IngestPath(t.Context(), ni.StorePath)
 			if err != nil {
 				t.Fatal(err)
 			}
+			moved += res.Moved
 			if !reverse {
 				continue
 			}
@@ -61,6 +63,9 @@ func TestReverseDeltas(t *testing.T) {
 		stored[reverse] = in.Progress.NewStoredBytes.Load() - in.Progress.RebaseSaved.Load()
 		if reverse && in.Progress.Rehomed.Load() == 0 {
 			t.Errorf("no chunk was moved onto a newer release, so none passed the cap of %d", limit)
+		}
+		if int64(moved) != in.Progress.Rehomed.Load() {
+			t.Errorf("results report %d chunks moved, progress %d", moved, in.Progress.Rehomed.Load())
 		}
 		st, _ := e.ix.Stats(t.Context())
 		if int64(st.StoredBytes) != stored[reverse] {
