@@ -343,6 +343,7 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 // many bytes they grew.
 func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep []*rewrite) (int, int64) {
 	owners := map[chunker.ID][]int{} // dependent -> the chunks of deep it depends on
+	tall := map[chunker.ID]bool{}      // reachesCap's answers
 	var ids []chunker.ID
 	for i, rw := range deep {
 		deps, err := in.ix.Dependents(ctx, rw.rec.ID)
@@ -352,6 +353,13 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep [
 		slices.SortFunc(deps, func(a, b chunker.ID) int { return bytes.Compare(a[:], b[:]) }) // the same order on every backend
 		for _, d := range deps {
 			if _, ok := owners[d]; !ok {
+				// Only a dependent whose chain reaches the cap needs to
+				// move: the others stay one step deeper, within it.
+				// Moving them all made every bump past the cap move one
+				// more release than the bump before.
+				if !in.reachesCap(ctx, d, tall) {
+					continue
+				}
 				ids = append(ids, d)
 			}
 			owners[d] = append(owners[d], i)
@@ -412,6 +420,49 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep [
 	in.log.Debug("moved dependents onto the new release", "too_deep", len(deep), "dependents", len(ids), "encoded", len(moves)-countNil(moves),
 		"within_budget", len(todo), "moved", moved, "grown_bytes", grown)
 	return moved, grown
+}
+
+// reachesCap reports whether chunk id, or a chunk depending on it directly
+// or not, is at MaxDeltaDepth already (so one step deeper passes it).
+// Answers are kept in memo; an index error counts as yes.
+func (in *Ingester) reachesCap(ctx context.Context, id chunker.ID, memo map[chunker.ID]bool) bool {
+	if r, ok := memo[id]; ok {
+		return r
+	}
+	seen := map[chunker.ID]bool{id: true}
+	r := func() bool {
+		for frontier := []chunker.ID{id}; len(frontier) > 0; {
+			recs, err := in.ix.Chunks(ctx, frontier)
+			if err != nil {
+				return true
+			}
+			for _, rec := range recs {
+				if int(rec.Depth) >= in.opts.MaxDeltaDepth {
+					return true
+				}
+			}
+			var next []chunker.ID
+			for _, f := range frontier {
+				deps, err := in.ix.Dependents(ctx, f)
+				if err != nil {
+					return true
+				}
+				for _, d := range deps {
+					if !seen[d] {
+						seen[d] = true
+						next = append(next, d)
+					}
+				}
+			}
+			if len(seen) > index.MaxRebaseDependents {
+				return true
+			}
+			frontier = next
+		}
+		return false
+	}()
+	memo[id] = r
+	return r
 }
 
 func countNil(rws []*rewrite) int {

@@ -78,6 +78,37 @@ func TestReverseDeltas(t *testing.T) {
 	}
 }
 
+// Past the depth cap each bump moves older releases onto the new one, but
+// only those whose chains reach the cap: moving every chunk depending on
+// the predecessor made each bump move one release more than the bump before
+// (release 11 of this package moved 7 releases' chunks, now 3), since the
+// moved ones became the newest release's dependents in turn. All releases
+// still read back and stay within the cap.
+func TestReverseDeltaMovesOnlyChainsAtTheCap(t *testing.T) {
+	const limit, n = 3, 11
+	nars := releases(t, n)
+	e := newEnv(t)
+	nis := publishReleases(t, e, nars)
+	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.ReverseDelta, o.MaxDeltaDepth = true, true, limit })
+	var last *ingest.Result
+	for _, ni := range nis {
+		res, err := in.IngestPath(t.Context(), ni.StorePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = res
+	}
+	if last.Moved == 0 || last.Moved > 3*last.Chunks {
+		t.Errorf("release %d moved %d chunks of older releases (its own has %d); want some, at most 3 releases' worth", n, last.Moved, last.Chunks)
+	}
+	checkChains(t, e, limit)
+	for v, ni := range nis {
+		if got := e.readBack(t, ni); string(got) != string(nars[v]) {
+			t.Fatalf("release %d does not read back byte-exact", v+1)
+		}
+	}
+}
+
 // Reverse deltas store the same whatever the number of workers: workers only
 // encode, and one flusher records, replaces and moves dependents in the
 // predecessor's order. When each worker recorded its own chunks they raced
