@@ -343,7 +343,7 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 // many bytes they grew.
 func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep []*rewrite) (int, int64) {
 	owners := map[chunker.ID][]int{} // dependent -> the chunks of deep it depends on
-	tall := map[chunker.ID]bool{}      // reachesCap's answers
+	tall := map[chunker.ID]bool{}    // reachesCap's answers
 	var ids []chunker.ID
 	for i, rw := range deep {
 		deps, err := in.ix.Dependents(ctx, rw.rec.ID)
