@@ -336,8 +336,11 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 // chain growing. Without it they would stay plain, a whole release stored
 // plain every MaxDeltaDepth+1 releases (on the large corpus at level 3:
 // 0.731 of xz after six bumps against 0.620). A dependent moves only when
-// it finds a delta base in the new release and the deltas of the chunk's
-// dependents grow by less than rebasing the chunk saves, in all. The
+// its chain reaches the cap (reachesCap), it finds a delta base in the new
+// release, and the deltas of the chunk's dependents grow by less than
+// rebasing the chunk saves, in all. Each chain still needs a move every
+// MaxDeltaDepth bumps, so the moves per bump grow with the releases kept
+// (README, "Reverse deltas"). The
 // dependents are encoded ChunkWorkers at once, and those that move are
 // recorded and replaced together. It returns how many moved and by how
 // many bytes they grew.
