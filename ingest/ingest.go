@@ -97,6 +97,12 @@ type Options struct {
 	// still be a delta of the third) and cost reads more decoding.
 	// It must not exceed the depth readers accept.
 	MaxDeltaDepth int
+	// MaxMoves bounds, with reverse deltas, the chunks of older releases
+	// moved onto the new release per chunk of the previous one whose
+	// rewrite would pass MaxDeltaDepth; past it those previous chunks stay
+	// plain, and the chains under them stop growing. The moves per bump
+	// otherwise grow with the releases kept. 0 means no bound.
+	MaxMoves int
 	// Locker, if set, makes "one ingest per NAR" hold across every instance
 	// sharing it: a download starts only under the NAR's lock, and a NAR that
 	// another instance finished meanwhile is not downloaded again.
@@ -164,6 +170,9 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	}
 	if o.MaxDeltaDepth <= 0 {
 		o.MaxDeltaDepth = store.DefaultMaxDeltaDepth
+	}
+	if o.MaxMoves < 0 {
+		return nil, fmt.Errorf("max moves %d: want 0 (no bound) or more", o.MaxMoves)
 	}
 	if o.MaxDeltaDepth > store.MaxDeltaDepthLimit {
 		return nil, fmt.Errorf("delta depth %d: at most %d", o.MaxDeltaDepth, store.MaxDeltaDepthLimit)

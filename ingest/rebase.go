@@ -371,6 +371,9 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep [
 	if len(ids) == 0 {
 		return 0, 0
 	}
+	if limit := in.opts.MaxMoves * len(deep); limit > 0 && len(ids) > limit {
+		ids = ids[:limit]
+	}
 	recs, err := in.ix.Chunks(ctx, ids)
 	if err != nil {
 		return 0, 0

@@ -84,28 +84,44 @@ func TestReverseDeltas(t *testing.T) {
 // (release 11 of this package moved 7 releases' chunks, now 3), since the
 // moved ones became the newest release's dependents in turn. All releases
 // still read back and stay within the cap.
+//
+// With MaxMoves 1 no release moves more than one release's worth; the rest
+// of its predecessor stays plain, which stores more.
 func TestReverseDeltaMovesOnlyChainsAtTheCap(t *testing.T) {
 	const limit, n = 3, 11
 	nars := releases(t, n)
-	e := newEnv(t)
-	nis := publishReleases(t, e, nars)
-	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { o.Delta, o.ReverseDelta, o.MaxDeltaDepth = true, true, limit })
-	var last *ingest.Result
-	for _, ni := range nis {
-		res, err := in.IngestPath(t.Context(), ni.StorePath)
-		if err != nil {
-			t.Fatal(err)
+	stored := map[int]int64{}
+	for _, maxMoves := range []int{0, 1} {
+		e := newEnv(t)
+		nis := publishReleases(t, e, nars)
+		in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) {
+			o.Delta, o.ReverseDelta, o.MaxDeltaDepth, o.MaxMoves = true, true, limit, maxMoves
+		})
+		var last *ingest.Result
+		for v, ni := range nis {
+			res, err := in.IngestPath(t.Context(), ni.StorePath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if maxMoves > 0 && res.Moved > maxMoves*res.Chunks {
+				t.Errorf("MaxMoves %d: release %d moved %d chunks (its own has %d)", maxMoves, v+1, res.Moved, res.Chunks)
+			}
+			last = res
 		}
-		last = res
-	}
-	if last.Moved == 0 || last.Moved > 3*last.Chunks {
-		t.Errorf("release %d moved %d chunks of older releases (its own has %d); want some, at most 3 releases' worth", n, last.Moved, last.Chunks)
-	}
-	checkChains(t, e, limit)
-	for v, ni := range nis {
-		if got := e.readBack(t, ni); string(got) != string(nars[v]) {
-			t.Fatalf("release %d does not read back byte-exact", v+1)
+		if maxMoves == 0 && (last.Moved == 0 || last.Moved > 3*last.Chunks) {
+			t.Errorf("release %d moved %d chunks of older releases (its own has %d); want some, at most 3 releases' worth", n, last.Moved, last.Chunks)
 		}
+		checkChains(t, e, limit)
+		for v, ni := range nis {
+			if got := e.readBack(t, ni); string(got) != string(nars[v]) {
+				t.Fatalf("MaxMoves %d: release %d does not read back byte-exact", maxMoves, v+1)
+			}
+		}
+		stored[maxMoves] = in.Progress.NewStoredBytes.Load() - in.Progress.RebaseSaved.Load()
+	}
+	t.Logf("stored %d bytes with no bound on moves, %d with MaxMoves 1", stored[0], stored[1])
+	if stored[1] <= stored[0] {
+		t.Errorf("bounded moves stored %d bytes, unbounded %d: the bound left nothing plain", stored[1], stored[0])
 	}
 }
 
