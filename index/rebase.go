@@ -1,6 +1,7 @@
 package index
 
 import (
+	"context"
 	"fmt"
 	"slices"
 
@@ -64,6 +65,42 @@ type rebaseTx interface {
 	setDepth(id chunker.ID, depth uint8) error
 }
 
+// Descendants lists the chunks depending on chunk id, directly or not
+// (Dependents, then theirs, and so on), nearest first. ok is false, with
+// the list cut short, when more than MaxRebaseDependents do.
+func Descendants(ctx context.Context, ix interface {
+	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
+}, id chunker.ID) (desc []chunker.ID, ok bool, err error) {
+	return descendants(func(id chunker.ID) ([]chunker.ID, error) { return ix.Dependents(ctx, id) }, id)
+}
+
+// descendants implements Descendants (and Rebase's walk) over dependents.
+func descendants(dependents func(chunker.ID) ([]chunker.ID, error), id chunker.ID) ([]chunker.ID, bool, error) {
+	var desc []chunker.ID
+	seen := map[chunker.ID]bool{id: true}
+	for frontier := []chunker.ID{id}; len(frontier) > 0; {
+		var next []chunker.ID
+		for _, f := range frontier {
+			deps, err := dependents(f)
+			if err != nil {
+				return nil, false, err
+			}
+			for _, d := range deps {
+				if !seen[d] {
+					seen[d] = true
+					next = append(next, d)
+				}
+			}
+		}
+		desc = append(desc, next...)
+		if len(desc) > MaxRebaseDependents {
+			return desc, false, nil
+		}
+		frontier = next
+	}
+	return desc, true, nil
+}
+
 // rebaseAll implements Index.Rebase over a transaction: the rows of every
 // chunk and base are locked first, in ID order (so two transactions cannot
 // deadlock on them), then each rewrite is checked and recorded in turn. An
@@ -122,27 +159,12 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 	// The chunks depending on it, directly or not, get their depths again
 	// (1 + their deepest base's), with the chunk's new one; all must stay
 	// within maxDepth.
-	var desc []chunker.ID
-	seen := map[chunker.ID]bool{c.ID: true}
-	for frontier := []chunker.ID{c.ID}; len(frontier) > 0; {
-		var next []chunker.ID
-		for _, id := range frontier {
-			deps, err := tx.dependents(id)
-			if err != nil {
-				return RebaseStale, fmt.Errorf("rebase chunk %s: dependents: %w", c.ID, err)
-			}
-			for _, d := range deps {
-				if !seen[d] {
-					seen[d] = true
-					next = append(next, d)
-				}
-			}
-		}
-		desc = append(desc, next...)
-		if len(desc) > MaxRebaseDependents {
-			return RebaseTooDeep, nil
-		}
-		frontier = next
+	desc, ok, err := descendants(tx.dependents, c.ID)
+	if err != nil {
+		return RebaseStale, fmt.Errorf("rebase chunk %s: dependents: %w", c.ID, err)
+	}
+	if !ok {
+		return RebaseTooDeep, nil
 	}
 	depths := map[chunker.ID]uint8{c.ID: depth}
 	var changed []chunker.ID
@@ -151,11 +173,15 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 		if err != nil {
 			return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
 		}
+		inside := map[chunker.ID]bool{c.ID: true}
+		for _, d := range desc {
+			inside[d] = true
+		}
 		var outside []chunker.ID
 		for _, r := range drecs {
 			depths[r.ID] = r.Depth
 			for _, b := range r.Bases {
-				if !seen[b] {
+				if !inside[b] {
 					outside = append(outside, b)
 				}
 			}

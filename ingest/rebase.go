@@ -311,7 +311,9 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 	for i, rw := range rws {
 		if rs[i] == index.Rebased {
 			blobs = append(blobs, store.Blob{ID: rw.rec.ID, Data: rw.blob})
-			ids = append(ids, rw.rec.ID)
+			if len(rw.rec.Bases) > 0 { // a plain old blob left no holds
+				ids = append(ids, rw.rec.ID)
+			}
 		}
 	}
 	if len(blobs) == 0 {
@@ -322,6 +324,9 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 	}
 	// The new blobs need only the bases their records name: the old blobs'
 	// bases are free again. Holds left behind only keep bases from deletion.
+	if len(ids) == 0 {
+		return rs, nil
+	}
 	if err := in.ix.ReleaseHolds(ctx, ids); err != nil {
 		in.log.Warn("rebase: release holds of rewritten chunks", "chunks", len(ids), "err", err)
 	}
@@ -340,10 +345,9 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 // release, and the deltas of the chunk's dependents grow by less than
 // rebasing the chunk saves, in all. Each chain still needs a move every
 // MaxDeltaDepth bumps, so the moves per bump grow with the releases kept
-// (README, "Reverse deltas"). The
-// dependents are encoded ChunkWorkers at once, and those that move are
-// recorded and replaced together. It returns how many moved and by how
-// many bytes they grew.
+// (README, "Reverse deltas"). The dependents are encoded ChunkWorkers at
+// once, and those that move are recorded and replaced together. It returns
+// how many moved and by how many bytes they grew.
 func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep []*rewrite) (int, int64) {
 	owners := map[chunker.ID][]int{} // dependent -> the chunks of deep it depends on
 	tall := map[chunker.ID]bool{}    // reachesCap's answers
@@ -423,62 +427,30 @@ func (in *Ingester) rehomeDependents(ctx context.Context, di *deltaIndex, deep [
 			in.Progress.Rehomed.Add(1)
 		}
 	}
-	in.log.Debug("moved dependents onto the new release", "too_deep", len(deep), "dependents", len(ids), "encoded", len(moves)-countNil(moves),
+	in.log.Debug("moved dependents onto the new release", "too_deep", len(deep), "dependents", len(ids),
 		"within_budget", len(todo), "moved", moved, "grown_bytes", grown)
 	return moved, grown
 }
 
 // reachesCap reports whether chunk id, or a chunk depending on it directly
 // or not, is at MaxDeltaDepth already (so one step deeper passes it).
-// Answers are kept in memo; an index error counts as yes.
+// Answers are kept in memo; an index error, or more dependents than the
+// index walks, counts as yes.
 func (in *Ingester) reachesCap(ctx context.Context, id chunker.ID, memo map[chunker.ID]bool) bool {
 	if r, ok := memo[id]; ok {
 		return r
 	}
-	seen := map[chunker.ID]bool{id: true}
-	r := func() bool {
-		for frontier := []chunker.ID{id}; len(frontier) > 0; {
-			recs, err := in.ix.Chunks(ctx, frontier)
-			if err != nil {
-				return true
-			}
+	r := true
+	if desc, ok, err := index.Descendants(ctx, in.ix, id); err == nil && ok {
+		if recs, err := in.ix.Chunks(ctx, append(desc, id)); err == nil {
+			r = false
 			for _, rec := range recs {
-				if int(rec.Depth) >= in.opts.MaxDeltaDepth {
-					return true
-				}
+				r = r || int(rec.Depth) >= in.opts.MaxDeltaDepth
 			}
-			var next []chunker.ID
-			for _, f := range frontier {
-				deps, err := in.ix.Dependents(ctx, f)
-				if err != nil {
-					return true
-				}
-				for _, d := range deps {
-					if !seen[d] {
-						seen[d] = true
-						next = append(next, d)
-					}
-				}
-			}
-			if len(seen) > index.MaxRebaseDependents {
-				return true
-			}
-			frontier = next
-		}
-		return false
-	}()
-	memo[id] = r
-	return r
-}
-
-func countNil(rws []*rewrite) int {
-	n := 0
-	for _, rw := range rws {
-		if rw == nil {
-			n++
 		}
 	}
-	return n
+	memo[id] = r
+	return r
 }
 
 // deltaOfNew encodes the chunk of record rec as a delta of the new
