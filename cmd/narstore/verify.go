@@ -76,7 +76,7 @@ func setupVerify(fs *flag.FlagSet) runFunc {
 		}
 		fmt.Fprintf(env.stdout, "Verified %d NARs (%s): %d damaged.\n", checked.Load(), human(bytesChk.Load()), len(damaged))
 		if len(unsafe) > 0 {
-			fmt.Fprintf(env.stdout, "%d chunks need delta bases that the index does not name for them (UNSAFE above): deleting those bases would damage these NARs.\n", len(unsafe))
+			fmt.Fprintf(env.stdout, "%d delta bases that chunks need are not named for them in the index (UNSAFE above): deleting those bases would damage these NARs.\n", len(unsafe))
 		}
 		if walkErr != nil {
 			return walkErr
