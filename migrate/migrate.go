@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -55,6 +56,10 @@ type Progress struct {
 	NARsTotal, NARsDone, NARsCopied atomic.Int64
 	NarInfos                        atomic.Int64 // narinfos written to the destination
 	Chunks, ChunkBytes              atomic.Int64 // chunks (blobs) copied, and their stored bytes
+	// Reencoded counts chunks copied plain because their source blob
+	// needed other bases than their record named (a reverse-delta rewrite
+	// recorded but its blob not yet replaced).
+	Reencoded atomic.Int64
 }
 
 // Copier copies one cache into another.
@@ -198,20 +203,22 @@ func (c *Copier) copyChunks(ctx context.Context, nar *index.NAR) ([]index.Chunk,
 		if err != nil {
 			return nil, fmt.Errorf("source chunk records: %w", err)
 		}
-		ids = ids[:0]
 		for i, r := range recs {
 			if r.ID.IsZero() {
 				return nil, fmt.Errorf("chunk %s has no record in the source index: run narstore verify on the source", missing[i])
 			}
+		}
+		if err := c.copyBlobs(ctx, recs); err != nil {
+			return nil, err
+		}
+		ids = ids[:0]
+		for _, r := range recs { // the bases as copied (copyBlobs may have dropped them)
 			for _, b := range r.Bases {
 				if !seen[b] {
 					seen[b] = true
 					ids = append(ids, b)
 				}
 			}
-		}
-		if err := c.copyBlobs(ctx, recs); err != nil {
-			return nil, err
 		}
 		records = append(records, recs...)
 	}
@@ -238,6 +245,21 @@ func (c *Copier) copyBlobs(ctx context.Context, recs []index.Chunk) error {
 			if err != nil {
 				cancel(fmt.Errorf("source chunk %s: %w (run narstore verify on the source)", r.ID, err))
 				return
+			}
+			if enc, refs, _, err := store.BlobHeader(blob); err != nil || !slices.Equal(store.IDs(refs), r.Bases) {
+				// The blob needs other bases than its record names: the
+				// source is between recording a reverse-delta rewrite of
+				// this chunk and replacing its blob (or was stopped there,
+				// and holds the blob's bases). A copy as it is would need
+				// bases the destination's record does not name, which
+				// nothing copies or keeps from deletion; the verified bytes
+				// go in plain instead.
+				var w store.Written
+				blob, w = c.dstStore.Encode(data)
+				r.Encoding, r.Bases, r.Depth, r.StoredSize, r.Level = uint8(w.Encoding), nil, 0, uint32(w.StoredSize), uint8(w.Level)
+				c.Progress.Reencoded.Add(1)
+			} else {
+				r.Encoding, r.StoredSize = uint8(enc), uint32(len(blob)) // as copied
 			}
 			if err := c.dstStore.Store().Put(ctx, r.ID, blob); err != nil {
 				cancel(fmt.Errorf("destination chunk %s: %w", r.ID, err))

@@ -270,3 +270,79 @@ func mustDir(t *testing.T, p string) *store.Dir {
 	}
 	return d
 }
+
+// TestMigrateBlobMidRewrite copies a source stopped between recording a
+// reverse-delta rewrite of a chunk and replacing its blob: the record names
+// new bases, the blob still needs its old ones. The destination must not
+// take the blob with a record that names bases it does not need.
+func TestMigrateBlobMidRewrite(t *testing.T) {
+	ctx := t.Context()
+	src := sqliteDir(t)
+	up := nixtest.NewCache(t, "upstream-1")
+	nis := fill(t, src, up, "pkg-1.0", "other-1.0", "pkg-2.0")
+
+	// A delta chunk of pkg-2.0, and a plain chunk of other-1.0 to record
+	// as its new base.
+	second, err := src.ix.NAR(ctx, nis[2].NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := src.ix.NAR(ctx, nis[1].NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old index.Chunk
+	for _, ref := range second.Chunks {
+		recs, err := src.ix.Chunks(ctx, []chunker.ID{ref.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs[0].Bases) > 0 {
+			old = recs[0]
+			break
+		}
+	}
+	if old.ID.IsZero() {
+		t.Fatal("pkg-2.0 has no delta chunk")
+	}
+	rw := old
+	rw.Bases = []chunker.ID{other.Chunks[0].ID}
+	rw.Encoding = uint8(store.EncZstdDelta)
+	if res, err := src.ix.Rebase(ctx, []index.Rewrite{{C: rw, Old: old}}, store.DefaultMaxDeltaDepth); err != nil || res[0] != index.Rebased {
+		t.Fatalf("rebase: %v %v", res, err)
+	}
+	// The blob is not replaced: it still needs old's bases.
+
+	dst := sqliteDir(t)
+	cp := migrate.New(src.ix, src.chunks, dst.ix, dst.chunks, migrate.Options{})
+	if err := cp.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := cp.Progress.Reencoded.Load(); n != 1 {
+		t.Errorf("%d chunks copied plain, want the 1 mid-rewrite", n)
+	}
+	for _, ni := range nis {
+		checkNAR(t, dst, ni)
+	}
+	// Every base a destination blob needs is named by that chunk's record.
+	var ids []chunker.ID
+	dst.st.Walk(ctx, func(id chunker.ID, _ int64) error { ids = append(ids, id); return nil })
+	recs, err := dst.ix.Chunks(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		need, err := dst.chunks.BlobBases(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range need {
+			if !slices.Contains(recs[i].Bases, b) {
+				t.Errorf("destination chunk %s needs base %s, which its record (bases %v) does not name", id, b, recs[i].Bases)
+			}
+		}
+	}
+	if deltaChunks(t, dst) == 0 {
+		t.Error("no delta chunk copied as a delta")
+	}
+}
