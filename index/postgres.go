@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/narstore/narstore/chunker"
@@ -596,17 +597,40 @@ func (p *Postgres) SimilarChunks(ctx context.Context, sims []uint64, limit int) 
 // Rebase implements Index. The rows of the chunks and their new bases are
 // locked (in ID order, so two rebases cannot deadlock on them) before they
 // are checked, so a concurrent rebase of any of them waits for this one.
+//
+// The rows of the rewritten chunks and their bases are locked in ID order,
+// but the dependents whose depths change are only found, and updated, after
+// that. Two batches can therefore deadlock: one updating a dependent the
+// other has locked while that one waits for a base the first holds (two
+// instances rewriting releases of one package against the same newer
+// chunks). PostgreSQL ends one of them; that one starts again from the
+// top, checking every rewrite against the records as they are then.
 func (p *Postgres) Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]RebaseResult, error) {
-	var out []RebaseResult
-	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		var err error
-		out, err = rebaseAll(pgRebase{ctx, tx}, rw, maxDepth)
-		return err
-	})
-	if err != nil {
+	for attempt := 1; ; attempt++ {
+		var out []RebaseResult
+		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+			var err error
+			out, err = rebaseAll(pgRebase{ctx, tx}, rw, maxDepth)
+			return err
+		})
+		if err == nil {
+			return out, nil
+		}
+		if attempt < rebaseAttempts && retryable(err) && ctx.Err() == nil {
+			continue
+		}
 		return nil, err
 	}
-	return out, nil
+}
+
+// rebaseAttempts bounds how often Rebase starts again after a deadlock.
+const rebaseAttempts = 4
+
+// retryable reports whether err ended a transaction that may simply be run
+// again: PostgreSQL broke a deadlock or a serialization conflict.
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
 }
 
 // Dependents implements Index.
