@@ -14,6 +14,9 @@
 //     it does not name again) until ReleaseHolds, which the caller calls once
 //     the new blob is in place. A crash in between leaves bases named that
 //     no blob needs (kept from deletion for nothing), never the reverse.
+//     Recode (recompression) replaces a blob inside the transaction that
+//     checks its record, so it cannot put back a blob needing bases that a
+//     Rebase recorded after its read left.
 //   - Delta bases form no cycle: a new chunk's bases are older chunks, and a
 //     rebase only takes bases that have no bases themselves.
 package index
@@ -23,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -38,6 +42,9 @@ var (
 	// ErrMissingChunk means Commit was given a chunk list naming a chunk that
 	// is neither recorded nor among the new chunks.
 	ErrMissingChunk = errors.New("chunk list names an unrecorded chunk")
+	// ErrChanged means a chunk's record is no longer what the caller read
+	// (Recode).
+	ErrChanged = errors.New("chunk record changed meanwhile")
 )
 
 // NAR is one stored NAR: its identity, how it was cut, and where its chunks are.
@@ -77,6 +84,12 @@ type Chunk struct {
 	// written by Commit, not returned by Chunks. Empty for a chunk that is not
 	// to serve as a delta base.
 	Sims []uint64
+}
+
+// recodeMatches reports whether cur, the record of a chunk, still
+// describes the blob from (Recode): its stored size, encoding and bases.
+func recodeMatches(cur, from Chunk) bool {
+	return !cur.ID.IsZero() && cur.StoredSize == from.StoredSize && cur.Encoding == from.Encoding && slices.Equal(cur.Bases, from.Bases)
 }
 
 // multiBase reports whether a chunk of encoding enc keeps its bases in
@@ -149,10 +162,20 @@ type Index interface {
 	// CountBelowLevel counts the chunks ChunksBelowLevel would list and
 	// their decoded bytes, for progress reports.
 	CountBelowLevel(ctx context.Context, level int) (chunks, bytes int64, err error)
-	// Recoded records that chunk id's blob was rewritten (same bytes, same
-	// bases) at level into storedSize bytes of encoding (which only changes
-	// from raw to zstd). ErrNotFound if there is no such chunk.
-	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error
+	// Recode records a recompression of chunk id (narstore recompress):
+	// the same bytes and bases in a blob of to's stored size and encoding
+	// (which only changes from raw to zstd), made at to's level. from is
+	// what the blob the caller read has: its size, encoding and bases. In
+	// one transaction that keeps other writers of the record out until it
+	// ends, it checks that the record still matches from, calls replace
+	// (nil when the blob stays as it is) and records to; a replace error
+	// records nothing and is returned. A record that no longer matches is
+	// ErrChanged, and replace is not called: a reverse-delta rewrite
+	// (Rebase) recorded other bases meanwhile, and its blob, in place or on
+	// its way, must not be overwritten by one needing the old bases. A
+	// Rebase after it sees the new record. ErrNotFound if there is no such
+	// chunk.
+	Recode(ctx context.Context, id chunker.ID, from, to Chunk, replace func() error) error
 	// Rebase records, for each rewrite, that chunk C.ID's blob is about to
 	// be replaced by a delta of C.Bases (C's encoding, stored size and
 	// level; its depth is computed), for reverse deltas: an older release

@@ -241,17 +241,46 @@ func (p *Postgres) CountBelowLevel(ctx context.Context, level int) (chunks, byte
 	return chunks, bytes, err
 }
 
-// Recoded implements Index.
-func (p *Postgres) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error {
-	tag, err := p.pool.Exec(ctx, `UPDATE chunks SET stored_size = $1, encoding = $2, level = $3 WHERE id = $4`, int32(storedSize), int16(encoding), int16(level), id[:])
+// Recode implements Index. The record's row stays locked (FOR UPDATE, as
+// Rebase locks it) until the transaction ends.
+func (p *Postgres) Recode(ctx context.Context, id chunker.ID, from, to Chunk, replace func() error) error {
+	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM chunks WHERE id = $1 FOR UPDATE`, id[:]); err != nil {
+			return err
+		}
+		cur, err := pgChunks(ctx, tx, []chunker.ID{id})
+		if err != nil {
+			return err
+		}
+		if cur[0].ID.IsZero() {
+			return ErrNotFound
+		}
+		if !recodeMatches(cur[0], from) {
+			return ErrChanged
+		}
+		if replace != nil {
+			if err := replace(); err != nil {
+				return replaceError{err}
+			}
+		}
+		_, err = tx.Exec(ctx, `UPDATE chunks SET stored_size = $1, encoding = $2, level = $3 WHERE id = $4`, int32(to.StoredSize), int16(to.Encoding), int16(to.Level), id[:])
+		return err
+	})
+	var re replaceError
+	if errors.As(err, &re) {
+		return re.err
+	}
 	if err != nil {
 		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrNotFound)
-	}
 	return nil
 }
+
+// replaceError carries the error of Recode's replace out of its
+// transaction as it was.
+type replaceError struct{ err error }
+
+func (e replaceError) Error() string { return e.err.Error() }
 
 // Chunks implements Index.
 func (p *Postgres) Chunks(ctx context.Context, ids []chunker.ID) ([]Chunk, error) {

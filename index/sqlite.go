@@ -449,14 +449,34 @@ func (s *SQLite) CountBelowLevel(ctx context.Context, level int) (chunks, bytes 
 	return chunks, bytes, err
 }
 
-// Recoded implements Index.
-func (s *SQLite) Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE chunks SET stored_size = ?, encoding = ?, level = ? WHERE id = ?`, storedSize, encoding, level, id[:])
+// Recode implements Index. The transaction is SQLite's write lock
+// (immediate), which Rebase's takes too.
+func (s *SQLite) Recode(ctx context.Context, id chunker.ID, from, to Chunk, replace func() error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	defer tx.Rollback()
+	cur, err := sqliteChunks(ctx, tx, []chunker.ID{id})
+	if err != nil {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
+	}
+	if cur[0].ID.IsZero() {
 		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrNotFound)
+	}
+	if !recodeMatches(cur[0], from) {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrChanged)
+	}
+	if replace != nil {
+		if err := replace(); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE chunks SET stored_size = ?, encoding = ?, level = ? WHERE id = ?`, to.StoredSize, to.Encoding, to.Level, id[:]); err != nil {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
 	}
 	return nil
 }

@@ -491,7 +491,7 @@ func TestReverseDeltaJudgesRecompressedAtIngestLevel(t *testing.T) {
 	}
 	ids, recs, _ := storedChunks(t, e)
 	for i, id := range ids {
-		if err := e.ix.Recoded(t.Context(), id, max(recs[i].StoredSize/1000, 1), recs[i].Encoding, 19); err != nil {
+		if err := e.ix.Recode(t.Context(), id, recs[i], index.Chunk{StoredSize: max(recs[i].StoredSize/1000, 1), Encoding: recs[i].Encoding, Level: 19}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -9,7 +9,12 @@
 // with the chunk's verified bytes before it replaces the old one (atomically,
 // store.Replacer), and the index then records the new level and size. A crash
 // between the two leaves a good blob whose record still says the old level:
-// the next run does it again.
+// the next run does it again. The replace happens inside the index
+// transaction that checks the record still describes the blob as read
+// (index.Index.Recode): an ingest rewriting the chunk as a reverse delta
+// meanwhile (new bases recorded, then its blob) is never overwritten by a
+// blob needing the bases it left; such a chunk is counted as changed and
+// left to a later run.
 //
 // Rewrites must not interleave with deletions of the same chunk; callers hold
 // the "maintenance" lock (MaintenanceLock) that any GC also takes.
@@ -40,7 +45,7 @@ const MaintenanceLock = "maintenance"
 type Index interface {
 	ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error)
 	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
-	Recoded(ctx context.Context, id chunker.ID, storedSize uint32, encoding uint8, level int) error
+	Recode(ctx context.Context, id chunker.ID, from, to index.Chunk, replace func() error) error
 }
 
 // Options tune Run.
@@ -60,9 +65,13 @@ type Options struct {
 
 // Progress counts what Run did so far; safe to read while it runs.
 type Progress struct {
-	Chunks      atomic.Int64 // chunks tried
-	Replaced    atomic.Int64 // chunks whose blob was rewritten
-	Failed      atomic.Int64 // chunks that could not be read or rewritten
+	Chunks   atomic.Int64 // chunks tried
+	Replaced atomic.Int64 // chunks whose blob was rewritten
+	Failed   atomic.Int64 // chunks that could not be read or rewritten
+	// Changed counts chunks left as they were because their record changed
+	// while they were recompressed (a reverse-delta rewrite gave them new
+	// bases); a later run takes them if they are still below the level.
+	Changed     atomic.Int64
 	ChunkBytes  atomic.Int64 // decoded bytes of the chunks tried
 	BytesBefore atomic.Int64 // stored bytes of the chunks tried, before
 	BytesAfter  atomic.Int64 // and after
@@ -70,7 +79,7 @@ type Progress struct {
 
 // Report is the outcome of Run.
 type Report struct {
-	Chunks, Replaced, Failed            int64
+	Chunks, Replaced, Failed, Changed   int64
 	ChunkBytes, BytesBefore, BytesAfter int64
 	// Errors holds the first failures (at most 20), one line each.
 	Errors []string
@@ -116,8 +125,35 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				r, err := chunks.Recode(cctx, c.ID, opts.Encoder)
+				// The replace happens inside the index's transaction, so
+				// it cannot overwrite a reverse-delta rewrite recorded
+				// since the blob was read.
+				var ixErr error
+				r, err := chunks.Recode(cctx, c.ID, opts.Encoder, func(r store.Recoded, replace func() error) error {
+					from := index.Chunk{StoredSize: uint32(r.OldSize), Encoding: uint8(r.From), Bases: r.Bases}
+					to := index.Chunk{StoredSize: uint32(r.NewSize), Encoding: uint8(r.Encoding), Level: uint8(level)}
+					var storeErr error
+					var write func() error
+					if replace != nil {
+						write = func() error { storeErr = replace(); return storeErr }
+					}
+					ixErr = ix.Recode(cctx, c.ID, from, to, write)
+					if storeErr != nil { // the store failed: this chunk fails, the run goes on
+						ixErr = nil
+						return storeErr
+					}
+					return ixErr
+				})
 				if err != nil && cctx.Err() != nil {
+					return
+				}
+				if errors.Is(ixErr, index.ErrChanged) {
+					p.Chunks.Add(1)
+					p.Changed.Add(1)
+					continue
+				}
+				if ixErr != nil {
+					fail(fmt.Errorf("recompress: %w", ixErr))
 					return
 				}
 				p.Chunks.Add(1)
@@ -143,12 +179,6 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 				p.BytesAfter.Add(int64(r.NewSize))
 				if r.Replaced {
 					p.Replaced.Add(1)
-				}
-				// Recorded also when the old blob stays (it was already as
-				// small): the chunk is done at this level.
-				if err := ix.Recoded(cctx, c.ID, uint32(r.NewSize), uint8(r.Encoding), level); err != nil {
-					fail(fmt.Errorf("recompress: %w", err))
-					return
 				}
 			}
 		}()
@@ -189,7 +219,7 @@ pages:
 	}
 	close(work)
 	wg.Wait()
-	rep := Report{Chunks: p.Chunks.Load(), Replaced: p.Replaced.Load(), Failed: p.Failed.Load(),
+	rep := Report{Chunks: p.Chunks.Load(), Replaced: p.Replaced.Load(), Failed: p.Failed.Load(), Changed: p.Changed.Load(),
 		ChunkBytes: p.ChunkBytes.Load(), BytesBefore: p.BytesBefore.Load(), BytesAfter: p.BytesAfter.Load(), Errors: errs}
 	switch {
 	case fatal != nil:

@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -91,5 +94,130 @@ func TestRunResumesAndLimits(t *testing.T) {
 	}
 	if _, err := recompress.Run(ctx, ix, c, recompress.Options{}, nil); err == nil {
 		t.Error("Run without an encoder: no error")
+	}
+}
+
+// racingEncoder runs race once, on the first frame it is asked for with a
+// dictionary (a delta's), before encoding it: an ingest rewriting that
+// chunk between recompression's read and its replace.
+type racingEncoder struct {
+	store.FrameEncoder
+	once sync.Once
+	race func()
+}
+
+func (r *racingEncoder) EncodeFrame(ctx context.Context, data, dict []byte) ([]byte, error) {
+	if len(dict) > 0 {
+		r.once.Do(r.race)
+	}
+	return r.FrameEncoder.EncodeFrame(ctx, data, dict)
+}
+
+// A reverse-delta rewrite of a chunk (new bases recorded, blob replaced,
+// the old bases' holds released) while recompression works on that chunk:
+// recompression must not then put back a blob needing the old bases, which
+// no record names any more.
+func TestRunLeavesAChunkRewrittenMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	ix := indextest.SQLite(t)
+	_, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
+	// Text that compresses better at a higher level, and two releases of
+	// it with scattered changes: deltas that a higher level shrinks too.
+	rng := rand.New(rand.NewPCG(1, 2))
+	words := strings.Fields("the a release of file binary store path nix chunk delta base zstd level index record blob needs names")
+	var a []byte
+	for len(a) < 200<<10 {
+		a = fmt.Appendf(a, "%s %d ", words[rng.IntN(len(words))], rng.IntN(1000))
+	}
+	change := func(seed uint64) []byte {
+		r := rand.New(rand.NewPCG(seed, seed))
+		out := slices.Clone(a)
+		for i := r.IntN(64); i < len(out); i += 32 + r.IntN(64) {
+			out[i] = byte('A' + r.IntN(26))
+		}
+		return out
+	}
+	b, x := change(3), change(4)
+	var recs []index.Chunk
+	put := func(data []byte) index.Chunk {
+		w, err := c.Put(ctx, chunker.Sum(data), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := index.Chunk{ID: chunker.Sum(data), Size: uint32(len(data)), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Level: uint8(w.Level)}
+		recs = append(recs, r)
+		return r
+	}
+	aRec, bRec := put(a), put(b)
+	blob, w, err := c.EncodeDelta(x, []store.Base{{ID: aRec.ID, Data: a}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xRec := index.Chunk{ID: chunker.Sum(x), Size: uint32(len(x)), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Depth: 1, Level: uint8(w.Level)}
+	if err := c.Store().Put(ctx, xRec.ID, blob); err != nil {
+		t.Fatal(err)
+	}
+	recs = append(recs, xRec)
+	nar := &index.NAR{Preset: chunker.DefaultPreset}
+	var whole []byte
+	for i, d := range [][]byte{a, b, x} {
+		nar.Chunks = append(nar.Chunks, index.ChunkRef{ID: recs[i].ID, Offset: uint64(len(whole)), Size: uint32(len(d))})
+		whole = append(whole, d...)
+	}
+	nar.Hash, nar.Size = sha256.Sum256(whole), uint64(len(whole))
+	if err := ix.Commit(ctx, nil, nar, recs); err != nil {
+		t.Fatal(err)
+	}
+
+	enc, _ := store.NewFrameEncoder(19, "go")
+	racer := &racingEncoder{FrameEncoder: enc, race: func() {
+		// What ingest's rebase does: record, replace, release.
+		nb, nw, err := c.EncodeDelta(x, []store.Base{{ID: bRec.ID, Data: b}})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		nc := xRec
+		nc.StoredSize, nc.Encoding, nc.Bases, nc.Level = uint32(nw.StoredSize), uint8(nw.Encoding), nw.Bases, uint8(nw.Level)
+		if res, err := ix.Rebase(ctx, []index.Rewrite{{C: nc, Old: xRec}}, store.DefaultMaxDeltaDepth); err != nil || res[0] != index.Rebased {
+			t.Errorf("rebase meanwhile: %v %v", res, err)
+			return
+		}
+		if err := c.Replace(ctx, []store.Blob{{ID: xRec.ID, Data: nb}}); err != nil {
+			t.Error(err)
+		}
+		if err := ix.ReleaseHolds(ctx, []chunker.ID{xRec.ID}); err != nil {
+			t.Error(err)
+		}
+	}}
+	rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: racer, Jobs: 1}, nil)
+	if err != nil || rep.Failed != 0 {
+		t.Fatalf("run: %+v, %v", rep, err)
+	}
+	if rep.Changed != 1 {
+		t.Errorf("%d chunks changed meanwhile, want 1", rep.Changed)
+	}
+	// Every blob needs only the bases its record names, and is the size
+	// recorded.
+	for _, id := range []chunker.ID{aRec.ID, bRec.ID, xRec.ID} {
+		got, err := ix.Chunks(ctx, []chunker.ID{id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bases, err := c.BlobBases(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, base := range bases {
+			if deps, _ := ix.Dependents(ctx, base); !slices.Contains(deps, id) {
+				t.Errorf("chunk %s's blob needs base %s, which the index does not name for it (record: %v)", id, base, got[0].Bases)
+			}
+		}
+		if blob := storetest.ReadBlob(t, c.Store(), id); len(blob) != int(got[0].StoredSize) {
+			t.Errorf("chunk %s: blob of %d bytes, recorded %d", id, len(blob), got[0].StoredSize)
+		}
+		if data, err := c.Get(ctx, id); err != nil || chunker.Sum(data) != id {
+			t.Errorf("chunk %s does not read back: %v", id, err)
+		}
 	}
 }

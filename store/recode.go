@@ -122,12 +122,20 @@ func (e *execEncoder) EncodeFrame(ctx context.Context, data, dict []byte) (frame
 
 // Recoded is what Recode did with one chunk.
 type Recoded struct {
-	Encoding Encoding
+	From     Encoding // the blob's encoding as read
+	Encoding Encoding // and now (From unless raw became zstd)
 	Bases    []chunker.ID
 	OldSize  int // blob bytes before
 	NewSize  int // blob bytes now (OldSize when not replaced)
 	Replaced bool
 }
+
+// RecodeCommit orders Recode's outcome with the index: it gets what Recode
+// would do, r, and replace, which writes the new blob (nil when the blob
+// stays as it is, the new one being no smaller), and calls replace, if not
+// nil, where no other writer of the chunk's record can come in between
+// (index.Index.Recode). Its error is Recode's.
+type RecodeCommit func(r Recoded, replace func() error) error
 
 // ErrNoReplace is returned by Recode when the store cannot rewrite blobs.
 var ErrNoReplace = errors.New("store cannot replace blobs")
@@ -139,7 +147,10 @@ var ErrNoReplace = errors.New("store cannot replace blobs")
 // replaces the old one, so a recompression can never store bytes that do not
 // read back. Bases are loaded once, verified, since the new frame is
 // encoded against them. A raw chunk that now compresses becomes plain zstd.
-func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder) (Recoded, error) {
+// commit decides whether and when the blob is replaced: a reverse-delta
+// rewrite of the chunk between the read and the replace would otherwise be
+// overwritten by a blob that needs the bases it left.
+func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, commit RecodeCommit) (Recoded, error) {
 	r, ok := c.store.(Replacer)
 	if !ok {
 		return Recoded{}, ErrNoReplace
@@ -163,7 +174,7 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder) (R
 	if err != nil {
 		return Recoded{}, fmt.Errorf("chunk %s: %w", id, err)
 	}
-	out := Recoded{Encoding: kind, Bases: IDs(bases), OldSize: len(blob), NewSize: len(blob)}
+	out := Recoded{From: kind, Encoding: kind, Bases: IDs(bases), OldSize: len(blob), NewSize: len(blob)}
 	frame, err := enc.EncodeFrame(ctx, data, dict)
 	if err != nil {
 		return out, fmt.Errorf("chunk %s: recompress: %w", id, err)
@@ -179,16 +190,25 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder) (R
 	nb[1] = byte(newKind)
 	nb = append(nb, frame...)
 	if len(nb) >= len(blob) {
-		return out, nil
+		return out, commit(out, nil)
 	}
 	if _, err := c.decodePayload(id, newKind, frame, dict, true); err != nil {
 		return out, fmt.Errorf("chunk %s: recompressed frame does not read back (%v); left as it was", id, err)
 	}
-	if err := r.Replace(ctx, []Blob{{ID: id, Data: nb}}); err != nil {
-		return out, err
+	next := out
+	next.Encoding, next.NewSize = newKind, len(nb)
+	replaced := false
+	err = commit(next, func() error {
+		if err := r.Replace(ctx, []Blob{{ID: id, Data: nb}}); err != nil {
+			return err
+		}
+		replaced = true
+		return nil
+	})
+	if replaced {
+		out, out.Replaced = next, true
 	}
-	out.Encoding, out.NewSize, out.Replaced = newKind, len(nb), true
-	return out, nil
+	return out, err
 }
 
 // CanReplace reports whether the store can rewrite blobs in place (Recode,

@@ -79,7 +79,20 @@ func TestRecode(t *testing.T) {
 				{"range-delta", threeID, three, store.EncZstdRangeDelta, []chunker.ID{aID, bID}},
 			} {
 				before := storetest.ReadBlob(t, d, tc.id)
-				r, err := c.Recode(ctx, tc.id, enc)
+				// A commit that declines (the record changed) leaves the blob.
+				refused := errors.New("record changed")
+				if r, err := c.Recode(ctx, tc.id, enc, func(r store.Recoded, replace func() error) error {
+					if replace == nil || r.From != r.Encoding || r.NewSize >= r.OldSize {
+						t.Errorf("%s: commit got %+v, replace %v; want a smaller blob of the same kind to replace", tc.name, r, replace != nil)
+					}
+					return refused
+				}); err != refused || r.Replaced {
+					t.Errorf("%s: declined Recode: %+v, %v; want its commit's error, nothing replaced", tc.name, r, err)
+				}
+				if after := storetest.ReadBlob(t, d, tc.id); !bytes.Equal(after, before) {
+					t.Errorf("%s: a declined Recode changed the blob", tc.name)
+				}
+				r, err := c.Recode(ctx, tc.id, enc, replaceNow)
 				if err != nil {
 					t.Fatalf("%s: %v", tc.name, err)
 				}
@@ -98,11 +111,11 @@ func TestRecode(t *testing.T) {
 					t.Fatalf("%s: Get after Recode: %v", tc.name, err)
 				}
 				// Again: nothing smaller to gain, nothing rewritten.
-				if r2, err := c.Recode(ctx, tc.id, enc); err != nil || r2.Replaced {
+				if r2, err := c.Recode(ctx, tc.id, enc, replaceNow); err != nil || r2.Replaced {
 					t.Errorf("%s: second Recode: %+v, %v; want no rewrite", tc.name, r2, err)
 				}
 			}
-			if r, err := c.Recode(ctx, rawID, enc); err != nil || r.Replaced || r.Encoding != store.EncRaw {
+			if r, err := c.Recode(ctx, rawID, enc, replaceNow); err != nil || r.Replaced || r.Encoding != store.EncRaw {
 				t.Errorf("incompressible raw chunk: %+v, %v; want it left raw", r, err)
 			}
 		})
@@ -150,34 +163,34 @@ func TestRecodeFailsClosed(t *testing.T) {
 			t.Errorf("%s: blob changed", name)
 		}
 	}
-	if _, err := c.Recode(ctx, nextID, wrongFrames{enc}); err == nil {
+	if _, err := c.Recode(ctx, nextID, wrongFrames{enc}, replaceNow); err == nil {
 		t.Error("frame decoding to other bytes: no error")
 	}
 	unchanged("wrong frame", nextID, blob)
 	plainBlob := storetest.ReadBlob(t, d, baseID)
-	if _, err := c.Recode(ctx, baseID, wrongFrames{enc}); err == nil {
+	if _, err := c.Recode(ctx, baseID, wrongFrames{enc}, replaceNow); err == nil {
 		t.Error("plain frame decoding to other bytes: no error")
 	}
 	unchanged("wrong plain frame", baseID, plainBlob)
 
 	c2, _ := store.NewChunks(noReplace{d}, store.ChunksOptions{})
-	if _, err := c2.Recode(ctx, baseID, enc); !errors.Is(err, store.ErrNoReplace) {
+	if _, err := c2.Recode(ctx, baseID, enc, replaceNow); !errors.Is(err, store.ErrNoReplace) {
 		t.Errorf("store without Replace: %v, want ErrNoReplace", err)
 	}
 
 	bad, _ := c.Encode(textBytes(100<<10, 23))
 	d.Delete(ctx, baseID)
 	d.Put(ctx, baseID, bad)
-	if _, err := c.Recode(ctx, nextID, enc); !errors.Is(err, store.ErrCorrupt) {
+	if _, err := c.Recode(ctx, nextID, enc, replaceNow); !errors.Is(err, store.ErrCorrupt) {
 		t.Errorf("damaged base: %v, want ErrCorrupt", err)
 	}
 	unchanged("damaged base", nextID, blob)
-	if _, err := c.Recode(ctx, baseID, enc); !errors.Is(err, store.ErrCorrupt) {
+	if _, err := c.Recode(ctx, baseID, enc, replaceNow); !errors.Is(err, store.ErrCorrupt) {
 		t.Errorf("damaged blob: %v, want ErrCorrupt", err)
 	}
 	unchanged("damaged blob", baseID, bad)
 	d.Delete(ctx, baseID)
-	if _, err := c.Recode(ctx, nextID, enc); !errors.Is(err, store.ErrNotFound) {
+	if _, err := c.Recode(ctx, nextID, enc, replaceNow); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("missing base: %v, want ErrNotFound", err)
 	}
 	unchanged("missing base", nextID, blob)
@@ -253,7 +266,7 @@ func BenchmarkRecode(b *testing.B) {
 					}
 					b.StartTimer()
 					for _, id := range ids {
-						r, err := c.Recode(ctx, id, enc)
+						r, err := c.Recode(ctx, id, enc, replaceNow)
 						if err != nil {
 							b.Fatal(err)
 						}
@@ -266,4 +279,12 @@ func BenchmarkRecode(b *testing.B) {
 			})
 		}
 	}
+}
+
+// replaceNow is a RecodeCommit without an index: it replaces at once.
+func replaceNow(_ store.Recoded, replace func() error) error {
+	if replace == nil {
+		return nil
+	}
+	return replace()
 }

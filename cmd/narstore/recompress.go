@@ -76,6 +76,9 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 		fmt.Fprintf(env.stdout, "Recompressed %d chunks with %s in %s: %d rewritten, %d failed; %s -> %s stored (%.1f%% less), %.1f MB/s of chunk data.\n",
 			rep.Chunks, enc.Name(), el.Round(time.Millisecond), rep.Replaced, rep.Failed, human(uint64(rep.BytesBefore)), human(uint64(rep.BytesAfter)),
 			saved, float64(rep.ChunkBytes)/1e6/max(el.Seconds(), 0.001))
+		if rep.Changed > 0 {
+			fmt.Fprintf(env.stdout, "%d chunks were left as they were: an ingest rewrote them (reverse deltas) while they were recompressed; a later run takes them.\n", rep.Changed)
+		}
 		for _, e := range rep.Errors {
 			fmt.Fprintln(env.stdout, "FAILED", e)
 		}

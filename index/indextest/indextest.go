@@ -382,28 +382,59 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		if n, b, err := ix.CountBelowLevel(ctx, 10); err != nil || n != int64(len(want)) || b != int64(len(want))*100 {
 			t.Fatalf("CountBelowLevel(10) = %d chunks, %d bytes, %v; want %d, %d", n, b, err, len(want), len(want)*100)
 		}
-		if err := ix.Recoded(ctx, chunks[5].ID, 33, 3, 19); err != nil {
-			t.Fatal(err)
+		// The replace runs inside Recode, before the record changes.
+		calls := 0
+		if err := ix.Recode(ctx, chunks[5].ID, chunks[5], index.Chunk{StoredSize: 33, Encoding: 3, Level: 19}, func() error {
+			calls++
+			if got, err := ix.Chunks(ctx, []chunker.ID{chunks[5].ID}); err == nil && got[0].Level == 19 {
+				t.Error("Recode recorded the new level before its replace ran")
+			}
+			return nil
+		}); err != nil || calls != 1 {
+			t.Fatalf("Recode: %v, replace called %d times; want no error, once", err, calls)
 		}
 		recs, err = ix.Chunks(ctx, []chunker.ID{chunks[5].ID})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if c := recs[0]; c.Level != 19 || c.StoredSize != 33 || c.Encoding != 3 || !reflect.DeepEqual(c.Bases, chunks[5].Bases) || c.Size != 100 {
-			t.Fatalf("after Recoded: %+v; want level 19, 33 bytes stored, bases and size unchanged", c)
+			t.Fatalf("after Recode: %+v; want level 19, 33 bytes stored, bases and size unchanged", c)
 		}
-		// A raw chunk that now compresses becomes zstd.
-		if err := ix.Recoded(ctx, chunks[4].ID, 20, 1, 19); err != nil {
+		// A record that changed since the blob was read (here: by that
+		// Recode) is left alone, and nothing is replaced.
+		if err := ix.Recode(ctx, chunks[5].ID, chunks[5], index.Chunk{StoredSize: 30, Encoding: 3, Level: 22}, func() error {
+			t.Error("Recode of a changed record called replace")
+			return nil
+		}); !errors.Is(err, index.ErrChanged) {
+			t.Errorf("Recode of a changed record: %v, want ErrChanged", err)
+		}
+		other := chunks[5]
+		other.StoredSize, other.Bases = 33, []chunker.ID{chunks[1].ID, chunks[0].ID} // the same size, other bases
+		if err := ix.Recode(ctx, chunks[5].ID, other, index.Chunk{StoredSize: 30, Encoding: 3, Level: 22}, nil); !errors.Is(err, index.ErrChanged) {
+			t.Errorf("Recode of a blob with other bases than the record: %v, want ErrChanged", err)
+		}
+		// A failed replace records nothing and is returned as it was.
+		errReplace := errors.New("replace failed")
+		from4 := chunks[4]
+		if err := ix.Recode(ctx, chunks[4].ID, from4, index.Chunk{StoredSize: 20, Encoding: 1, Level: 19}, func() error { return errReplace }); err != errReplace {
+			t.Errorf("Recode with a failing replace: %v, want its error", err)
+		}
+		if recs, err = ix.Chunks(ctx, []chunker.ID{chunks[4].ID}); err != nil || recs[0].Level != chunks[4].Level || recs[0].StoredSize != chunks[4].StoredSize {
+			t.Fatalf("after a failed replace: %+v, %v; want the record as it was", recs, err)
+		}
+		// A raw chunk that now compresses becomes zstd; no replace: the
+		// blob stays, only its level is recorded.
+		if err := ix.Recode(ctx, chunks[4].ID, from4, index.Chunk{StoredSize: 20, Encoding: 1, Level: 19}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if recs, err = ix.Chunks(ctx, []chunker.ID{chunks[4].ID}); err != nil || recs[0].Encoding != 1 || recs[0].StoredSize != 20 {
-			t.Fatalf("after Recoded raw → zstd: %+v, %v", recs, err)
+			t.Fatalf("after Recode raw → zstd: %+v, %v", recs, err)
 		}
 		if slices.Contains(below(19, 100, chunker.ID{}), chunks[5].ID) {
 			t.Error("a chunk recorded at level 19 is still listed below 19")
 		}
-		if err := ix.Recoded(ctx, chunker.Sum([]byte("no such chunk")), 1, 1, 19); !errors.Is(err, index.ErrNotFound) {
-			t.Errorf("Recoded of a missing chunk: %v, want ErrNotFound", err)
+		if err := ix.Recode(ctx, chunker.Sum([]byte("no such chunk")), index.Chunk{}, index.Chunk{StoredSize: 1, Encoding: 1, Level: 19}, nil); !errors.Is(err, index.ErrNotFound) {
+			t.Errorf("Recode of a missing chunk: %v, want ErrNotFound", err)
 		}
 	})
 
