@@ -250,24 +250,24 @@ func (d *Dir) startWriteback(fd int) {
 // renames made durable (another Sync): two syncs per call however many
 // blobs it replaces, where one blob at a time took two fsyncs each.
 func (d *Dir) Replace(ctx context.Context, blobs []Blob) error {
-	type staged struct {
-		id         chunker.ID
-		tmp, final string
+	st, err := d.Stage(ctx, blobs)
+	if st == nil {
+		return err
 	}
-	var (
-		st   []staged
-		errs []error
-	)
-	defer func() {
-		for _, s := range st { // those not renamed (after an error)
-			if s.tmp != "" {
-				os.Remove(s.tmp)
-			}
-		}
-	}()
+	return errors.Join(err, st.Swap(ctx), st.Finish(ctx))
+}
+
+// Stage implements Stager: the first half of Replace, up to the first
+// Sync. A blob that cannot be staged (not there: ErrNotFound, or not
+// written) is left out and named in the error; the Staged holds the others,
+// nil if none.
+func (d *Dir) Stage(ctx context.Context, blobs []Blob) (Staged, error) {
+	st := &dirStaged{d: d}
+	var errs []error
 	for _, b := range blobs {
 		if err := ctx.Err(); err != nil {
-			return err
+			st.Finish(ctx)
+			return nil, err
 		}
 		final := d.path(b.ID)
 		if _, err := os.Stat(final); errors.Is(err, fs.ErrNotExist) {
@@ -283,25 +283,57 @@ func (d *Dir) Replace(ctx context.Context, blobs []Blob) error {
 			errs = append(errs, fmt.Errorf("replace chunk %s: %w", b.ID, err))
 			continue
 		}
-		st = append(st, staged{b.ID, tmp, final})
+		st.blobs = append(st.blobs, dirStagedBlob{b.ID, tmp, final})
 	}
-	if len(st) == 0 {
-		return errors.Join(errs...)
+	if len(st.blobs) == 0 {
+		return nil, errors.Join(errs...)
 	}
 	if err := d.Sync(ctx); err != nil {
-		return errors.Join(append(errs, fmt.Errorf("replace %d chunks: %w", len(st), err))...)
+		st.Finish(ctx)
+		return nil, errors.Join(append(errs, fmt.Errorf("replace %d chunks: %w", len(st.blobs), err))...)
 	}
-	for i, s := range st {
-		if err := os.Rename(s.tmp, s.final); err != nil {
-			errs = append(errs, fmt.Errorf("replace chunk %s: %w", s.id, err))
+	return st, errors.Join(errs...)
+}
+
+type dirStaged struct {
+	d       *Dir
+	blobs   []dirStagedBlob
+	swapped bool
+}
+
+type dirStagedBlob struct {
+	id         chunker.ID
+	tmp, final string // tmp is "" once renamed
+}
+
+// Swap implements Staged: the renames.
+func (s *dirStaged) Swap(context.Context) error {
+	var errs []error
+	for i, b := range s.blobs {
+		if err := os.Rename(b.tmp, b.final); err != nil {
+			errs = append(errs, fmt.Errorf("replace chunk %s: %w", b.id, err))
 			continue
 		}
-		st[i].tmp = ""
-	}
-	if err := d.Sync(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("replace %d chunks: %w", len(st), err))
+		s.blobs[i].tmp = ""
+		s.swapped = true
 	}
 	return errors.Join(errs...)
+}
+
+// Finish implements Staged: the second Sync, if anything was renamed.
+func (s *dirStaged) Finish(ctx context.Context) error {
+	for _, b := range s.blobs {
+		if b.tmp != "" {
+			os.Remove(b.tmp)
+		}
+	}
+	if !s.swapped {
+		return nil
+	}
+	if err := s.d.Sync(ctx); err != nil {
+		return fmt.Errorf("replace %d chunks: %w", len(s.blobs), err)
+	}
+	return nil
 }
 
 // Delete implements Store.

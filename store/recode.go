@@ -197,14 +197,34 @@ func (c *Chunks) Recode(ctx context.Context, id chunker.ID, enc FrameEncoder, co
 	}
 	next := out
 	next.Encoding, next.NewSize = newKind, len(nb)
+	// commit calls swap where no other writer of the record comes in
+	// between, an index transaction: on a Stager only the rename happens
+	// there, the writes and syncs before and after it.
+	blobs := []Blob{{ID: id, Data: nb}}
+	swap := func() error { return r.Replace(ctx, blobs) }
+	finish := func() error { return nil }
+	if sr, ok := c.store.(Stager); ok {
+		st, err := sr.Stage(ctx, blobs)
+		if err != nil {
+			if st != nil {
+				st.Finish(ctx)
+			}
+			return out, err
+		}
+		swap = func() error { return st.Swap(ctx) }
+		finish = func() error { return st.Finish(ctx) }
+	}
 	replaced := false
 	err = commit(next, func() error {
-		if err := r.Replace(ctx, []Blob{{ID: id, Data: nb}}); err != nil {
+		if err := swap(); err != nil {
 			return err
 		}
 		replaced = true
 		return nil
 	})
+	if ferr := finish(); ferr != nil && err == nil {
+		err = ferr
+	}
 	if replaced {
 		out, out.Replaced = next, true
 	}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/narstore/narstore/chunker"
@@ -92,7 +94,17 @@ func TestRecode(t *testing.T) {
 				if after := storetest.ReadBlob(t, d, tc.id); !bytes.Equal(after, before) {
 					t.Errorf("%s: a declined Recode changed the blob", tc.name)
 				}
-				r, err := c.Recode(ctx, tc.id, enc, replaceNow)
+				if left, _ := os.ReadDir(filepath.Join(d.Root(), "tmp")); len(left) != 0 {
+					t.Errorf("%s: a declined Recode left %d staged files", tc.name, len(left))
+				}
+				// On a directory the new blob is written and synced before
+				// commit, which then only renames it in.
+				r, err := c.Recode(ctx, tc.id, enc, func(r store.Recoded, replace func() error) error {
+					if staged, _ := os.ReadDir(filepath.Join(d.Root(), "tmp")); len(staged) != 1 {
+						t.Errorf("%s: %d blobs staged when commit is called, want 1", tc.name, len(staged))
+					}
+					return replaceNow(r, replace)
+				})
 				if err != nil {
 					t.Fatalf("%s: %v", tc.name, err)
 				}

@@ -72,6 +72,25 @@ type Replacer interface {
 	Replace(ctx context.Context, blobs []Blob) error
 }
 
+// Stager is implemented by Replacers whose Replace is slow mostly before
+// the swap (a directory: writing the new blobs aside and syncing them), so
+// that a caller can do that part first and only the swap where nothing else
+// may write the chunks' records (recompression, inside its index
+// transaction). Replace is Stage, Swap, then Finish.
+type Stager interface {
+	Stage(ctx context.Context, blobs []Blob) (Staged, error)
+}
+
+// Staged is new blobs a Stager has written aside, durably.
+type Staged interface {
+	// Swap puts them in place of the old ones, each atomically, not yet
+	// durably. On error each blob is the old one or the new one.
+	Swap(ctx context.Context) error
+	// Finish makes what Swap did durable, and removes what it did not
+	// swap in. Call it once, after Swap or instead of it.
+	Finish(ctx context.Context) error
+}
+
 // Blob is a chunk's blob, for Replacer.
 type Blob struct {
 	ID   chunker.ID
