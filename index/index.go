@@ -14,6 +14,9 @@
 //     it does not name again) until ReleaseHolds, which the caller calls once
 //     the new blob is in place. A crash in between leaves bases named that
 //     no blob needs (kept from deletion for nothing), never the reverse.
+//     A Commit that finds a new chunk recorded already, with other bases
+//     than its own record, holds those (two ingests stored the chunk at
+//     once, each its own way, and either blob may be the one in place).
 //     Recode (recompression) replaces a blob inside the transaction that
 //     checks its record, so it cannot put back a blob needing bases that a
 //     Rebase recorded after its read left.
@@ -84,6 +87,24 @@ type Chunk struct {
 	// written by Commit, not returned by Chunks. Empty for a chunk that is not
 	// to serve as a delta base.
 	Sims []uint64
+}
+
+// heldOnConflict returns the bases of c, a chunk record Commit was given,
+// that cur, the record already there, does not name. Two ingests that
+// stored the same new chunk at once, each encoding it its own way (deltas
+// of other bases, found by a search of an index that changed between
+// them), may leave either one's blob in place (a directory keeps the first
+// Put, S3 the last), while the first Commit's record stays. Whoever commits
+// second holds its own bases, so that every base the blob in place may need
+// is named.
+func heldOnConflict(cur, c Chunk) []chunker.ID {
+	var out []chunker.ID
+	for _, b := range c.Bases {
+		if !slices.Contains(cur.Bases, b) && b != c.ID {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // recodeMatches reports whether cur, the record of a chunk, still

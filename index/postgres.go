@@ -375,6 +375,17 @@ func (p *Postgres) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, ne
 			if err != nil {
 				return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 			}
+			if tag.RowsAffected() == 0 && len(c.Bases) > 0 {
+				cur, err := pgChunks(ctx, tx, []chunker.ID{c.ID})
+				if err != nil {
+					return fmt.Errorf("chunk %s recorded already: %w", c.ID, err)
+				}
+				for _, b := range heldOnConflict(cur[0], c) {
+					if _, err := tx.Exec(ctx, `INSERT INTO base_holds (chunk_id, base_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, c.ID[:], b[:]); err != nil {
+						return fmt.Errorf("chunk %s recorded already: hold base %s: %w", c.ID, b, err)
+					}
+				}
+			}
 			if tag.RowsAffected() == 1 {
 				for _, sf := range c.Sims {
 					if _, err := tx.Exec(ctx, `INSERT INTO chunk_sims (sf, chunk_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, int64(sf), c.ID[:]); err != nil {

@@ -282,6 +282,17 @@ func insertChunks(ctx context.Context, tx *sql.Tx, chunks []Chunk, now int64) er
 			return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 		}
 		n, _ := res.RowsAffected()
+		if n == 0 && len(c.Bases) > 0 {
+			cur, err := sqliteChunks(ctx, tx, []chunker.ID{c.ID})
+			if err != nil {
+				return fmt.Errorf("chunk %s recorded already: %w", c.ID, err)
+			}
+			for _, b := range heldOnConflict(cur[0], c) {
+				if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO base_holds (chunk_id, base_id) VALUES (?, ?)`, c.ID[:], b[:]); err != nil {
+					return fmt.Errorf("chunk %s recorded already: hold base %s: %w", c.ID, b, err)
+				}
+			}
+		}
 		if n == 1 {
 			for _, sf := range c.Sims {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO chunk_sims (sf, chunk_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, int64(sf), c.ID[:]); err != nil {

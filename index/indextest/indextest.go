@@ -240,6 +240,65 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 		}
 	})
 
+	t.Run("CommitOfARecordedChunkHoldsItsOtherBases", func(t *testing.T) {
+		// Two ingests stored the same new chunk, each as a delta of other
+		// bases; the first Commit's record stays, and either blob may be
+		// the one in place, so the second holds its bases.
+		ix := newIdx(t)
+		ni, nar, chunks := Fixture("conflict", 4, 100)
+		a, b, c, x := chunks[0].ID, chunks[1].ID, chunks[2].ID, chunks[3].ID
+		chunks[3].Encoding, chunks[3].Bases, chunks[3].Depth = 3, []chunker.ID{a, b}, 1
+		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		deps := func(id chunker.ID) []chunker.ID {
+			t.Helper()
+			d, err := ix.Dependents(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		if len(deps(c)) != 0 {
+			t.Fatalf("Dependents of c before: %v, want none", deps(c))
+		}
+		other := chunks[3]
+		other.Encoding, other.Bases = 3, []chunker.ID{c, b}
+		ni2, nar2, _ := Fixture("conflict-2", 0, 100)
+		nar2.Chunks, nar2.Size = []index.ChunkRef{{ID: x, Size: 100}}, 100
+		ni2.NarSize = 100
+		if err := ix.Commit(ctx, ni2, nar2, []index.Chunk{other}); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := ix.Chunks(ctx, []chunker.ID{x}); !reflect.DeepEqual(got[0].Bases, []chunker.ID{a, b}) {
+			t.Errorf("record after the second Commit: bases %v, want the first's", got[0].Bases)
+		}
+		for _, base := range []chunker.ID{a, b, c} {
+			if !slices.Contains(deps(base), x) {
+				t.Errorf("Dependents of a base one of the two blobs needs: %v, want it to list the chunk", deps(base))
+			}
+		}
+		// Released like a rebase's holds.
+		if err := ix.ReleaseHolds(ctx, []chunker.ID{x}); err != nil {
+			t.Fatal(err)
+		}
+		if len(deps(c)) != 0 {
+			t.Errorf("Dependents of c after ReleaseHolds: %v, want none", deps(c))
+		}
+		// The same record again, or a plain one, holds nothing.
+		plain := chunks[3]
+		plain.Encoding, plain.Bases, plain.Depth = 1, nil, 0
+		ni3, nar3, _ := Fixture("conflict-3", 0, 100)
+		nar3.Chunks, nar3.Size = []index.ChunkRef{{ID: x, Size: 100}}, 100
+		ni3.NarSize = 100
+		if err := ix.Commit(ctx, ni3, nar3, []index.Chunk{plain, chunks[3]}); err != nil {
+			t.Fatal(err)
+		}
+		if len(deps(c)) != 0 || len(deps(a)) != 1 {
+			t.Errorf("Dependents after commits of a plain and the same record: c %v, a %v", deps(c), deps(a))
+		}
+	})
+
 	t.Run("SimilarChunks", func(t *testing.T) {
 		ix := newIdx(t)
 		ni, nar, chunks := Fixture("similar", 3, 100)
