@@ -14,6 +14,9 @@
 //     it does not name again) until ReleaseHolds, which the caller calls once
 //     the new blob is in place. A crash in between leaves bases named that
 //     no blob needs (kept from deletion for nothing), never the reverse.
+//     Until then no other Rebase of the chunk is taken (for RewriteTTL), so
+//     two rewrites' replaces cannot land in the other order from their
+//     records.
 //     A Commit that finds a new chunk recorded already, with other bases
 //     than its own record, holds those (two ingests stored the chunk at
 //     once, each its own way, and either blob may be the one in place).
@@ -166,7 +169,10 @@ type Index interface {
 	// must be recorded already or be in newChunks, else ErrMissingChunk and
 	// nothing is written. Recording a NAR that exists keeps the existing one;
 	// recording a narinfo that exists replaces it. ni may be nil to record
-	// only the NAR (an upload whose narinfo comes later). Idempotent.
+	// only the NAR (an upload whose narinfo comes later). A new chunk
+	// recorded already keeps its record, and the bases of newChunks' record
+	// that it does not name are held for it (the blob in place may be
+	// either). Idempotent.
 	Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, newChunks []Chunk) error
 	// AddNarInfo records a narinfo for a NAR that is already recorded
 	// (ErrNotFound otherwise), replacing any narinfo for the same path.
@@ -207,18 +213,21 @@ type Index interface {
 	// no bases itself (so no cycle can form); else RebaseStale. It gives
 	// every chunk depending on it, directly or not, its depth again; if one
 	// would pass maxDepth, or more than MaxRebaseDependents depend on it,
-	// RebaseTooDeep. Only a Rebased rewrite records anything; an error
-	// records none. A Rebased chunk holds the bases of its record before (the
-	// blob there needs them) that C does not name, until ReleaseHolds. The
-	// caller replaces a blob only after Rebased, and releases its holds only
-	// after that: a crash in between leaves bases named that no blob needs,
-	// which only keeps them from deletion.
+	// RebaseTooDeep. A chunk rewritten before and not released since
+	// (ReleaseHolds), less than RewriteTTL ago, is RebaseStale: its blob may
+	// not be in place yet, and two replaces could land in the other order.
+	// Only a Rebased rewrite records anything; an error records none. A
+	// Rebased chunk holds the bases of its record before (the blob there
+	// needs them) that C does not name, until ReleaseHolds. The caller
+	// replaces a blob only after Rebased, and releases its holds only after
+	// that: a crash in between leaves bases named that no blob needs, which
+	// only keeps them from deletion.
 	Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]RebaseResult, error)
 	// Dependents lists the chunks naming id among their bases or holding it.
 	Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, error)
-	// ReleaseHolds drops the holds of chunks ids (Rebase), once their new
-	// blobs are in place: each blob then needs only the bases its record
-	// names.
+	// ReleaseHolds drops the holds of chunks ids (Rebase, Commit), once
+	// their new blobs are in place: each blob then needs only the bases its
+	// record names, and the chunks may be rewritten again.
 	ReleaseHolds(ctx context.Context, ids []chunker.ID) error
 	// WalkNARs calls fn for every NAR (without its chunk list), oldest
 	// first: in the order they were recorded, to the second, and within a

@@ -650,7 +650,7 @@ func (p *Postgres) Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]Re
 		var out []RebaseResult
 		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 			var err error
-			out, err = rebaseAll(pgRebase{ctx, tx}, rw, maxDepth)
+			out, err = rebaseAll(pgRebase{ctx, tx, p.now()}, rw, maxDepth)
 			return err
 		})
 		if err == nil {
@@ -688,6 +688,7 @@ const pgDependentsQuery = `SELECT id FROM chunks WHERE base_id = $1 UNION SELECT
 type pgRebase struct {
 	ctx context.Context
 	tx  pgx.Tx
+	now time.Time
 }
 
 // lock locks the rows of ids in ID order, so two rebases cannot deadlock.
@@ -736,10 +737,28 @@ func (r pgRebase) hold(id, base chunker.ID) error {
 
 // ReleaseHolds implements Index.
 func (p *Postgres) ReleaseHolds(ctx context.Context, ids []chunker.ID) error {
-	if _, err := p.pool.Exec(ctx, `DELETE FROM base_holds WHERE chunk_id = ANY($1)`, idBytes(ids)); err != nil {
+	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM base_holds WHERE chunk_id = ANY($1)`, idBytes(ids)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM rewrites WHERE chunk_id = ANY($1)`, idBytes(ids))
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("release holds of %d chunks: %w", len(ids), err)
 	}
 	return nil
+}
+
+func (r pgRebase) inFlight(id chunker.ID) (bool, error) {
+	var n int
+	err := r.tx.QueryRow(r.ctx, `SELECT count(*) FROM rewrites WHERE chunk_id = $1 AND created_at > $2`, id[:], r.now.Add(-RewriteTTL).Unix()).Scan(&n)
+	return n > 0, err
+}
+
+func (r pgRebase) markRewrite(id chunker.ID) error {
+	_, err := r.tx.Exec(r.ctx, `INSERT INTO rewrites (chunk_id, created_at) VALUES ($1, $2) ON CONFLICT (chunk_id) DO UPDATE SET created_at = excluded.created_at`, id[:], r.now.Unix())
+	return err
 }
 
 func (r pgRebase) setDepth(id chunker.ID, depth uint8) error {

@@ -21,8 +21,8 @@ import (
 func TestMain(m *testing.M) { testservers.Main(m) }
 
 func TestPostgresConformance(t *testing.T) {
-	indextest.Run(t, func(t *testing.T) index.Index {
-		ix, err := index.OpenPostgres(t.Context(), testservers.Postgres(t), nil)
+	indextest.Run(t, func(t *testing.T, now func() time.Time) index.Index {
+		ix, err := index.OpenPostgres(t.Context(), testservers.Postgres(t), now)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/narstore/narstore/chunker"
 )
@@ -47,6 +48,13 @@ func sameFirstBase(a, b []chunker.ID) bool {
 	return a[0] == b[0]
 }
 
+// RewriteTTL is how long a rewrite recorded by Rebase and not released
+// (ReleaseHolds) refuses other rewrites of its chunk: longer than any
+// writer takes from record to replace (an ingest whose lock lease lapses
+// stops before its next replace), so an older mark is one a crash left.
+// Its holds still name what the blob there may need.
+const RewriteTTL = time.Hour
+
 // rebaseTx is what rebase needs inside one transaction, in either dialect.
 type rebaseTx interface {
 	// lock keeps the records of ids from other writers until the
@@ -61,6 +69,11 @@ type rebaseTx interface {
 	set(c Chunk) error
 	// hold records that chunk id's blob may still need base.
 	hold(id, base chunker.ID) error
+	// inFlight reports whether a rewrite of chunk id is recorded and not
+	// yet released (ReleaseHolds), and not older than RewriteTTL.
+	inFlight(id chunker.ID) (bool, error)
+	// markRewrite records that a rewrite of chunk id is in flight.
+	markRewrite(id chunker.ID) error
 	// setDepth records id's depth.
 	setDepth(id chunker.ID, depth uint8) error
 }
@@ -139,6 +152,15 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 	// Compare and swap: the chunk is still as the caller read it, so its
 	// blob is the one the caller is about to replace.
 	if cur.StoredSize != old.StoredSize || cur.Encoding != old.Encoding || cur.Level != old.Level || !sameFirstBase(cur.Bases, old.Bases) {
+		return RebaseStale, nil
+	}
+	// Not while another rewrite of it is between its record and its blob:
+	// this one's replace could land first and the other's after it, leaving
+	// a blob that needs bases this record does not name (and, once this
+	// one's holds are released, nothing does).
+	if busy, err := tx.inFlight(c.ID); err != nil {
+		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+	} else if busy {
 		return RebaseStale, nil
 	}
 	var depth uint8
@@ -226,6 +248,9 @@ func rebase(tx rebaseTx, c Chunk, old Chunk, maxDepth int) (RebaseResult, error)
 	}
 	c.Depth = depth
 	if err := tx.set(c); err != nil {
+		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
+	}
+	if err := tx.markRewrite(c.ID); err != nil {
 		return RebaseStale, fmt.Errorf("rebase chunk %s: %w", c.ID, err)
 	}
 	// The blob there now needs its bases until the caller has replaced it

@@ -695,7 +695,7 @@ func (s *SQLite) Rebase(ctx context.Context, rw []Rewrite, maxDepth int) ([]Reba
 		return nil, err
 	}
 	defer tx.Rollback()
-	out, err := rebaseAll(sqliteRebase{ctx, tx}, rw, maxDepth)
+	out, err := rebaseAll(sqliteRebase{ctx, tx, s.now()}, rw, maxDepth)
 	if err != nil {
 		return nil, err
 	}
@@ -718,6 +718,7 @@ func (s *SQLite) Dependents(ctx context.Context, id chunker.ID) ([]chunker.ID, e
 type sqliteRebase struct {
 	ctx context.Context
 	tx  *sql.Tx
+	now time.Time
 }
 
 // lock is a no-op: SQLite's write transaction already excludes other
@@ -771,8 +772,22 @@ func (s *SQLite) ReleaseHolds(ctx context.Context, ids []chunker.ID) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM base_holds WHERE chunk_id = ?`, id[:]); err != nil {
 			return fmt.Errorf("release holds of chunk %s: %w", id, err)
 		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM rewrites WHERE chunk_id = ?`, id[:]); err != nil {
+			return fmt.Errorf("release holds of chunk %s: %w", id, err)
+		}
 	}
 	return tx.Commit()
+}
+
+func (r sqliteRebase) inFlight(id chunker.ID) (bool, error) {
+	var n int
+	err := r.tx.QueryRowContext(r.ctx, `SELECT count(*) FROM rewrites WHERE chunk_id = ? AND created_at > ?`, id[:], r.now.Add(-RewriteTTL).Unix()).Scan(&n)
+	return n > 0, err
+}
+
+func (r sqliteRebase) markRewrite(id chunker.ID) error {
+	_, err := r.tx.ExecContext(r.ctx, `INSERT INTO rewrites (chunk_id, created_at) VALUES (?, ?) ON CONFLICT (chunk_id) DO UPDATE SET created_at = excluded.created_at`, id[:], r.now.Unix())
+	return err
 }
 
 func (r sqliteRebase) setDepth(id chunker.ID, depth uint8) error {

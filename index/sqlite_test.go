@@ -3,14 +3,15 @@ package index_test
 import (
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/index/indextest"
 )
 
 func TestSQLiteConformance(t *testing.T) {
-	indextest.Run(t, func(t *testing.T) index.Index {
-		ix, err := index.OpenSQLite(filepath.Join(t.TempDir(), "index.db"), nil)
+	indextest.Run(t, func(t *testing.T, now func() time.Time) index.Index {
+		ix, err := index.OpenSQLite(filepath.Join(t.TempDir(), "index.db"), now)
 		if err != nil {
 			t.Fatal(err)
 		}

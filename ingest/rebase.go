@@ -311,9 +311,7 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 	for i, rw := range rws {
 		if rs[i] == index.Rebased {
 			blobs = append(blobs, store.Blob{ID: rw.rec.ID, Data: rw.blob})
-			if len(rw.rec.Bases) > 0 { // a plain old blob left no holds
-				ids = append(ids, rw.rec.ID)
-			}
+			ids = append(ids, rw.rec.ID)
 		}
 	}
 	if len(blobs) == 0 {
@@ -323,10 +321,8 @@ func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.R
 		return nil, fmt.Errorf("replace %d chunks with their deltas: %w (each blob is the old or the new one, and reads as before; the index holds the old one's bases)", len(blobs), err)
 	}
 	// The new blobs need only the bases their records name: the old blobs'
-	// bases are free again. Holds left behind only keep bases from deletion.
-	if len(ids) == 0 {
-		return rs, nil
-	}
+	// bases are free again, and the chunks may be rewritten again (index
+	// RewriteTTL). Holds left behind only keep bases from deletion.
 	if err := in.ix.ReleaseHolds(ctx, ids); err != nil {
 		in.log.Warn("rebase: release holds of rewritten chunks", "chunks", len(ids), "err", err)
 	}

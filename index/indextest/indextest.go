@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
@@ -36,13 +37,51 @@ func SQLite(t testing.TB) *index.SQLite {
 
 // Run runs the suite. open returns an empty index for each subtest; the
 // suite closes it.
-func Run(t *testing.T, open func(t *testing.T) index.Index) {
+func Run(t *testing.T, open func(t *testing.T, now func() time.Time) index.Index) {
 	ctx := context.Background()
 	newIdx := func(t *testing.T) index.Index {
-		ix := open(t)
+		ix := open(t, nil)
 		t.Cleanup(func() { ix.Close() })
 		return ix
 	}
+
+	t.Run("AbandonedRewriteExpires", func(t *testing.T) {
+		// A rewrite recorded and never released (its writer crashed
+		// between record and replace) refuses others for RewriteTTL.
+		var clock atomic.Int64
+		clock.Store(time.Now().Unix())
+		ix := open(t, func() time.Time { return time.Unix(clock.Load(), 0) })
+		t.Cleanup(func() { ix.Close() })
+		ni, nar, chunks := Fixture("abandoned", 3, 100)
+		if err := ix.Commit(ctx, ni, nar, chunks); err != nil {
+			t.Fatal(err)
+		}
+		onto := func(base int) index.Rewrite {
+			cur, err := ix.Chunks(ctx, []chunker.ID{chunks[0].ID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := cur[0]
+			c.Encoding, c.StoredSize, c.Bases = uint8(store.EncZstdDelta), 7, []chunker.ID{chunks[base].ID}
+			return index.Rewrite{C: c, Old: cur[0]}
+		}
+		try := func(base int, want index.RebaseResult) {
+			t.Helper()
+			if r, err := ix.Rebase(ctx, []index.Rewrite{onto(base)}, 3); err != nil || r[0] != want {
+				t.Fatalf("Rebase = %v, %v; want %v", r, err, want)
+			}
+		}
+		try(1, index.Rebased)
+		clock.Add(int64((index.RewriteTTL - time.Minute).Seconds()))
+		try(2, index.RebaseStale)
+		clock.Add(int64((2 * time.Minute).Seconds()))
+		try(2, index.Rebased)
+		// The abandoned rewrite's holds are still there: its blob may be
+		// the one in place.
+		if deps, err := ix.Dependents(ctx, chunks[1].ID); err != nil || !slices.Contains(deps, chunks[0].ID) {
+			t.Errorf("Dependents of the abandoned rewrite's base: %v, %v; want the chunk", deps, err)
+		}
+	})
 
 	t.Run("MissingIsNotFound", func(t *testing.T) {
 		ix := newIdx(t)
@@ -598,8 +637,17 @@ func Run(t *testing.T, open func(t *testing.T) index.Index) {
 				t.Errorf("rebase %s: %v, want RebaseStale", name, r)
 			}
 		}
-		// Multi-base to single base: chunk_bases rows go, base_id stays.
+		// Not again while the first rewrite is in flight (its blob not
+		// known to be in place: no ReleaseHolds yet), even from the record
+		// as it is now: the two replaces could land in either order.
 		want = delta(old[0].ID, store.EncZstdDelta, 8, newer[2].ID)
+		if r := rebase(want, get(old[0].ID), 3); r != index.RebaseStale {
+			t.Fatalf("rebase of a chunk whose rewrite is in flight: %v, want RebaseStale", r)
+		}
+		if err := ix.ReleaseHolds(ctx, []chunker.ID{old[0].ID}); err != nil {
+			t.Fatal(err)
+		}
+		// Multi-base to single base: chunk_bases rows go, base_id stays.
 		if r := rebase(want, get(old[0].ID), 3); r != index.Rebased {
 			t.Fatalf("rebase of a delta chunk: %v", r)
 		}
