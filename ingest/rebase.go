@@ -453,7 +453,7 @@ func (in *Ingester) reachesCap(ctx context.Context, id chunker.ID, memo map[chun
 // release's chunks (di), and returns its would-be record (zero if nothing
 // there is similar enough), blob, bases and the chunk's bytes.
 func (in *Ingester) deltaOfNew(ctx context.Context, di *deltaIndex, rec index.Chunk) (index.Chunk, []byte, []store.Base, []byte, error) {
-	data, err := in.chunks.Get(ctx, rec.ID)
+	data, err := in.chunks.Unchecked(ctx, rec.ID) // the delta made of it is read back against rec.ID (CheckDelta)
 	if err != nil {
 		return index.Chunk{}, nil, nil, nil, err
 	}

@@ -551,3 +551,52 @@ func publishReleases(t *testing.T, e *env, nars [][]byte) []*narinfo.NarInfo {
 
 // reverseDeltas turns delta encoding on, with reverse deltas.
 func reverseDeltas(o *ingest.Options) { o.Delta, o.ReverseDelta = true, true }
+
+// A damaged chunk of the previous release (its blob decodes, to other
+// bytes) is left as it is: the rewrite decodes it without a check of its
+// own, but the delta made of it must read back to the chunk's ID.
+func TestReverseDeltaLeavesADamagedChunkAlone(t *testing.T) {
+	nars := releases(t, 2)
+	e := newEnv(t)
+	nis := publishReleases(t, e, nars)
+	in := e.ingester(t, e.cache.URL(), reverseDeltas)
+	if _, err := in.IngestPath(t.Context(), nis[0].StorePath); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := e.ix.NAR(t.Context(), nis[0].NarHash)
+	ref := first.Chunks[len(first.Chunks)/2]
+	good, err := e.chunks.Get(t.Context(), ref.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := slices.Clone(good)
+	bad[len(bad)/2] ^= 1
+	blob, _ := e.chunks.Encode(bad)
+	blob = slices.Clone(blob)
+	if err := e.chunks.Replace(t.Context(), []store.Blob{{ID: ref.ID, Data: blob}}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := e.ix.Chunks(t.Context(), []chunker.ID{ref.ID})
+	res, err := in.IngestPath(t.Context(), nis[1].StorePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rebased == 0 {
+		t.Fatal("nothing of the previous release was rebased: the test would not cover the rewrite")
+	}
+	after, _ := e.ix.Chunks(t.Context(), []chunker.ID{ref.ID})
+	if !reflect.DeepEqual(after, before) {
+		t.Errorf("the damaged chunk's record changed: %+v, was %+v", after[0], before[0])
+	}
+	got, err := e.dir.Get(t.Context(), ref.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	if now, _ := io.ReadAll(got); !slices.Equal(now, blob) {
+		t.Error("the damaged chunk's blob was rewritten")
+	}
+	if _, err := e.chunks.Get(t.Context(), ref.ID); !errors.Is(err, store.ErrCorrupt) {
+		t.Errorf("reading the damaged chunk: %v, want ErrCorrupt", err)
+	}
+}

@@ -474,6 +474,19 @@ func (c *Chunks) Load(ctx context.Context, id chunker.ID, base BaseFunc) (data [
 	return data, checked, err
 }
 
+// Unchecked returns chunk id's bytes without checking them, or its bases',
+// against their IDs: for a caller that checks what it makes of them
+// against id itself (reverse deltas read each new delta back with
+// CheckDelta, which does) and would otherwise hash the same bytes twice.
+// Never serve or store them unchecked. Errors are as Get's.
+func (c *Chunks) Unchecked(ctx context.Context, id chunker.ID) ([]byte, error) {
+	var base BaseFunc
+	base = func(ctx context.Context, bid chunker.ID) ([]byte, error) {
+		return c.get(ctx, bid, base, chainDepth(ctx), false)
+	}
+	return c.get(ctx, id, base, chainDepth(ctx), false)
+}
+
 func (c *Chunks) get(ctx context.Context, id chunker.ID, baseFn BaseFunc, depth int, verify bool) ([]byte, error) {
 	blob, err := c.readBlob(ctx, id)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -294,7 +295,38 @@ func TestChunksDetectCorruption(t *testing.T) {
 			if _, err := c.Get(ctx, id); !errors.Is(err, store.ErrCorrupt) {
 				t.Fatalf("got %v, want ErrCorrupt", err)
 			}
+			// Unchecked hands out whatever decodes, for a caller that
+			// checks what it makes of it; what does not decode still fails.
+			got, err := c.Unchecked(ctx, id)
+			if tc.name == "OtherContent" {
+				if err != nil || !bytes.Equal(got, other) {
+					t.Errorf("Unchecked of a blob of other content: %v; want those bytes", err)
+				}
+			} else if !errors.Is(err, store.ErrCorrupt) {
+				t.Errorf("Unchecked: %v, want ErrCorrupt", err)
+			}
 		})
+	}
+	// Nor does it check a delta's base.
+	base, other2 := textBytes(64<<10, 7), textBytes(64<<10, 8)
+	baseID := chunker.Sum(base)
+	next := append(slices.Clone(base), "and more"...)
+	blob, _, err := c.EncodeDelta(next, []store.Base{{ID: baseID, Data: base}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Put(ctx, chunker.Sum(next), blob); err != nil {
+		t.Fatal(err)
+	}
+	wrong, _ := c.Encode(other2)
+	if err := d.Put(ctx, baseID, wrong); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, chunker.Sum(next)); !errors.Is(err, store.ErrCorrupt) {
+		t.Errorf("Get of a delta of a damaged base: %v, want ErrCorrupt", err)
+	}
+	if got, err := c.Unchecked(ctx, chunker.Sum(next)); err != nil || chunker.Sum(got) == chunker.Sum(next) {
+		t.Errorf("Unchecked of a delta of a damaged base: %v; want other bytes, no error", err)
 	}
 }
 
