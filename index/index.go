@@ -110,10 +110,13 @@ func heldOnConflict(cur, c Chunk) []chunker.ID {
 	return out
 }
 
-// recodeMatches reports whether cur, the record of a chunk, still
-// describes the blob from (Recode): its stored size, encoding and bases.
+// recodeMatches reports whether cur, the record of a chunk, still names
+// the bases of the blob from (Recode), no more and no fewer. Its size and
+// encoding may differ (two ingests that stored the chunk at once at
+// different levels: the blob in place is either); the new record takes
+// the blob's.
 func recodeMatches(cur, from Chunk) bool {
-	return !cur.ID.IsZero() && cur.StoredSize == from.StoredSize && cur.Encoding == from.Encoding && slices.Equal(cur.Bases, from.Bases)
+	return !cur.ID.IsZero() && slices.Equal(cur.Bases, from.Bases)
 }
 
 // multiBase reports whether a chunk of encoding enc keeps its bases in
@@ -194,14 +197,13 @@ type Index interface {
 	// (which only changes from raw to zstd), made at to's level. from is
 	// what the blob the caller read has: its size, encoding and bases. In
 	// one transaction that keeps other writers of the record out until it
-	// ends, it checks that the record still matches from, calls replace
-	// (nil when the blob stays as it is) and records to; a replace error
-	// records nothing and is returned. A record that no longer matches is
+	// ends, it checks that the record still names from's bases, calls
+	// replace (nil when the blob stays as it is) and records to; a replace
+	// error records nothing and is returned. A record naming other bases is
 	// ErrChanged, and replace is not called: a reverse-delta rewrite
-	// (Rebase) recorded other bases meanwhile, and its blob, in place or on
-	// its way, must not be overwritten by one needing the old bases. A
-	// Rebase after it sees the new record. ErrNotFound if there is no such
-	// chunk.
+	// (Rebase) recorded them meanwhile, and its blob, in place or on its
+	// way, must not be overwritten by one needing the old bases. A Rebase
+	// after it sees the new record. ErrNotFound if there is no such chunk.
 	Recode(ctx context.Context, id chunker.ID, from, to Chunk, replace func() error) error
 	// Rebase records, for each rewrite, that chunk C.ID's blob is about to
 	// be replaced by a delta of C.Bases (C's encoding, stored size and

@@ -498,18 +498,29 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) index.Index
 		if c := recs[0]; c.Level != 19 || c.StoredSize != 33 || c.Encoding != 3 || !reflect.DeepEqual(c.Bases, chunks[5].Bases) || c.Size != 100 {
 			t.Fatalf("after Recode: %+v; want level 19, 33 bytes stored, bases and size unchanged", c)
 		}
-		// A record that changed since the blob was read (here: by that
-		// Recode) is left alone, and nothing is replaced.
-		if err := ix.Recode(ctx, chunks[5].ID, chunks[5], index.Chunk{StoredSize: 30, Encoding: 3, Level: 22}, func() error {
+		// A record naming other bases than the blob read (a rewrite
+		// recorded since) is left alone, and nothing is replaced.
+		other := chunks[5]
+		other.StoredSize, other.Bases = 33, []chunker.ID{chunks[1].ID, chunks[0].ID} // the same size, other bases
+		if err := ix.Recode(ctx, chunks[5].ID, other, index.Chunk{StoredSize: 30, Encoding: 3, Level: 22}, func() error {
 			t.Error("Recode of a changed record called replace")
 			return nil
 		}); !errors.Is(err, index.ErrChanged) {
-			t.Errorf("Recode of a changed record: %v, want ErrChanged", err)
-		}
-		other := chunks[5]
-		other.StoredSize, other.Bases = 33, []chunker.ID{chunks[1].ID, chunks[0].ID} // the same size, other bases
-		if err := ix.Recode(ctx, chunks[5].ID, other, index.Chunk{StoredSize: 30, Encoding: 3, Level: 22}, nil); !errors.Is(err, index.ErrChanged) {
 			t.Errorf("Recode of a blob with other bases than the record: %v, want ErrChanged", err)
+		}
+		other.Bases = chunks[5].Bases[:1]
+		if err := ix.Recode(ctx, chunks[5].ID, other, index.Chunk{StoredSize: 30, Encoding: 3, Level: 22}, nil); !errors.Is(err, index.ErrChanged) {
+			t.Errorf("Recode of a blob with fewer bases than the record: %v, want ErrChanged", err)
+		}
+		// Another size with the same bases (two ingests stored the chunk
+		// at once, at different levels) is recorded as the blob's.
+		other = chunks[5]
+		other.StoredSize, other.Encoding = 40, 2
+		if err := ix.Recode(ctx, chunks[5].ID, other, index.Chunk{StoredSize: 40, Encoding: 3, Level: 19}, nil); err != nil {
+			t.Errorf("Recode of a blob of another size than the record: %v", err)
+		}
+		if recs, err = ix.Chunks(ctx, []chunker.ID{chunks[5].ID}); err != nil || recs[0].StoredSize != 40 {
+			t.Errorf("after Recode of a blob of another size: %+v, %v; want its size", recs, err)
 		}
 		// A failed replace records nothing and is returned as it was.
 		errReplace := errors.New("replace failed")
