@@ -482,13 +482,7 @@ func TestReverseDeltaTeeCommittedBeforeRebase(t *testing.T) {
 // delta is recompressed in turn later. Here the recorded sizes are shrunk far
 // below anything a delta reaches, which only that rule sees past.
 func TestReverseDeltaJudgesRecompressedAtIngestLevel(t *testing.T) {
-	nars := releases(t, 2)
-	e := newEnv(t)
-	nis := publishReleases(t, e, nars)
-	in := e.ingester(t, e.cache.URL(), reverseDeltas)
-	if _, err := in.IngestPath(t.Context(), nis[0].StorePath); err != nil {
-		t.Fatal(err)
-	}
+	nars, e, nis, in := firstOfTwoReleases(t)
 	ids, recs, _ := storedChunks(t, e)
 	for i, id := range ids {
 		if err := e.ix.Recode(t.Context(), id, recs[i], index.Chunk{StoredSize: max(recs[i].StoredSize/1000, 1), Encoding: recs[i].Encoding, Level: 19}, nil); err != nil {
@@ -549,13 +543,10 @@ func publishReleases(t *testing.T, e *env, nars [][]byte) []*narinfo.NarInfo {
 	return nis
 }
 
-// reverseDeltas turns delta encoding on, with reverse deltas.
-func reverseDeltas(o *ingest.Options) { o.Delta, o.ReverseDelta = true, true }
-
-// A damaged chunk of the previous release (its blob decodes, to other
-// bytes) is left as it is: the rewrite decodes it without a check of its
-// own, but the delta made of it must read back to the chunk's ID.
-func TestReverseDeltaLeavesADamagedChunkAlone(t *testing.T) {
+// firstOfTwoReleases publishes two releases of a package and ingests the
+// first with reverse deltas.
+func firstOfTwoReleases(t *testing.T) ([][]byte, *env, []*narinfo.NarInfo, *ingest.Ingester) {
+	t.Helper()
 	nars := releases(t, 2)
 	e := newEnv(t)
 	nis := publishReleases(t, e, nars)
@@ -563,6 +554,17 @@ func TestReverseDeltaLeavesADamagedChunkAlone(t *testing.T) {
 	if _, err := in.IngestPath(t.Context(), nis[0].StorePath); err != nil {
 		t.Fatal(err)
 	}
+	return nars, e, nis, in
+}
+
+// reverseDeltas turns delta encoding on, with reverse deltas.
+func reverseDeltas(o *ingest.Options) { o.Delta, o.ReverseDelta = true, true }
+
+// A damaged chunk of the previous release (its blob decodes, to other
+// bytes) is left as it is: the rewrite decodes it without a check of its
+// own, but the delta made of it must read back to the chunk's ID.
+func TestReverseDeltaLeavesADamagedChunkAlone(t *testing.T) {
+	_, e, nis, in := firstOfTwoReleases(t)
 	first, _ := e.ix.NAR(t.Context(), nis[0].NarHash)
 	ref := first.Chunks[len(first.Chunks)/2]
 	good, err := e.chunks.Get(t.Context(), ref.ID)
