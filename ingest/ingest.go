@@ -92,9 +92,10 @@ type Options struct {
 	// the best base alone.
 	DeltaBases int
 	// MaxDeltaDepth bounds the delta chains this ingest builds, at most
-	// store.MaxDeltaDepthLimit; 0 means store.DefaultMaxDeltaDepth. Deeper
-	// chains store less (a package's fourth release after a plain one can
-	// still be a delta of the third) and cost reads more decoding.
+	// store.MaxDeltaDepthLimit; 0 means DefaultReverseDeltaDepth with
+	// ReverseDelta, store.DefaultMaxDeltaDepth without. Deeper chains store
+	// less (a package's fourth release after a plain one can still be a
+	// delta of the third) and cost reads more decoding.
 	// It must not exceed the depth readers accept.
 	MaxDeltaDepth int
 	// MaxMoves bounds, with reverse deltas, the chunks of older releases
@@ -170,6 +171,9 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	}
 	if o.MaxDeltaDepth <= 0 {
 		o.MaxDeltaDepth = store.DefaultMaxDeltaDepth
+		if o.Delta && o.ReverseDelta {
+			o.MaxDeltaDepth = DefaultReverseDeltaDepth
+		}
 	}
 	if o.MaxMoves < 0 {
 		return nil, fmt.Errorf("max moves %d: want 0 (no bound) or more", o.MaxMoves)

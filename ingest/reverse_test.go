@@ -602,3 +602,35 @@ func TestReverseDeltaLeavesADamagedChunkAlone(t *testing.T) {
 		t.Errorf("reading the damaged chunk: %v, want ErrCorrupt", err)
 	}
 }
+
+// With reverse deltas the depth cap defaults to DefaultReverseDeltaDepth:
+// release r back sits at depth r, so the first releases past the forward
+// default (3) still need no older release moved; the first past 5 does.
+func TestReverseDeltaDefaultCap(t *testing.T) {
+	const n = ingest.DefaultReverseDeltaDepth + 2
+	nars := releases(t, n)
+	e := newEnv(t)
+	nis := publishReleases(t, e, nars)
+	in := e.ingester(t, e.cache.URL(), reverseDeltas)
+	for v, ni := range nis {
+		res, err := in.IngestPath(t.Context(), ni.StorePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v < n-1 && res.Moved > 0 {
+			t.Errorf("release %d moved %d chunks of older releases; want none within depth %d", v+1, res.Moved, ingest.DefaultReverseDeltaDepth)
+		}
+		if v == n-1 && res.Moved == 0 {
+			t.Errorf("release %d moved nothing: the oldest would pass depth %d", v+1, ingest.DefaultReverseDeltaDepth)
+		}
+	}
+	checkChains(t, e, ingest.DefaultReverseDeltaDepth)
+	var deepest uint8
+	_, recs, _ := storedChunks(t, e)
+	for _, r := range recs {
+		deepest = max(deepest, r.Depth)
+	}
+	if int(deepest) <= store.DefaultMaxDeltaDepth {
+		t.Errorf("deepest chain %d: the forward default capped it", deepest)
+	}
+}

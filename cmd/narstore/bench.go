@@ -15,7 +15,6 @@ import (
 	"github.com/narstore/narstore/bench"
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/internal/narinfo"
-	"github.com/narstore/narstore/store"
 )
 
 // zstdLevels parses a comma-separated list of zstd levels (1-22, or 0 too
@@ -52,7 +51,7 @@ func setupBench(fs *flag.FlagSet) runFunc {
 	deltaBases := fs.Int("delta-bases", 3, "for delta configurations: bases per delta chunk (as ingest --delta-bases)")
 	similar := fs.Bool("similar-search", true, "for delta configurations: store-wide similar-chunk search (as ingest --similar-search)")
 	reverse := fs.Bool("reverse-delta", true, "for delta configurations: reverse deltas (as ingest --reverse-delta)")
-	depth := fs.Int("max-delta-depth", store.DefaultMaxDeltaDepth, "for delta configurations: longest delta chain (as ingest --max-delta-depth)")
+	depth := fs.Int("max-delta-depth", 0, "for delta configurations: longest delta chain (as ingest --max-delta-depth; 0: ingest's default)")
 	fromJSON := fs.String("from-json", "", "re-render the table, CSV and charts from an earlier results.json instead of running")
 	tmp := fs.String("tmp", "", "where throwaway stores are made (default: the system temp dir)")
 	putPrice := fs.Float64("price-put", bench.DefaultPrices.PutPer1000, "USD per 1000 PUT requests (S3 Standard list price)")

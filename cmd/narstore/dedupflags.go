@@ -25,7 +25,7 @@ func dedupFlags(fs *flag.FlagSet, delta bool, normalizeHelp, deltaHelp string) *
 	fs.BoolVar(&c.similar, "similar-search", true, "with --delta: also look for delta bases anywhere in the store (similarity keys in the index), for chunks the package's previous version has nothing like")
 	fs.IntVar(&c.bases, "delta-bases", 3, "with --delta: how many similar chunks (the best one and its neighbours) one delta may use as its dictionary, 1 to 4; more stores less, and costs ingest and read CPU")
 	fs.BoolVar(&c.reverse, "reverse-delta", true, "with --delta: store a package's new release plain and re-encode its previous release as deltas of it once the new one is recorded, so the release clients fetch reads without delta decoding; off: the new release is stored as deltas of the previous one (less ingest CPU, slower reads of the newest release)")
-	fs.IntVar(&c.depth, "max-delta-depth", store.DefaultMaxDeltaDepth, fmt.Sprintf("with --delta: longest delta chain new chunks may extend (a base of a base of …), 1 to %d; deeper stores less for packages with many releases and costs reads one more decode per step (readers follow any depth up to %d)", store.MaxDeltaDepthLimit, store.MaxDeltaDepthLimit))
+	fs.IntVar(&c.depth, "max-delta-depth", 0, fmt.Sprintf("with --delta: longest delta chain new chunks may extend (a base of a base of …), 1 to %d; deeper stores less for packages with many releases and costs reads one more decode per step (readers follow any depth up to %d). 0: %d with --reverse-delta (where it only bounds reads of releases that many bumps old, and fewer older releases need moving), %d without", store.MaxDeltaDepthLimit, store.MaxDeltaDepthLimit, ingest.DefaultReverseDeltaDepth, store.DefaultMaxDeltaDepth))
 	fs.IntVar(&c.moves, "max-delta-moves", 0, "with --reverse-delta: at most this many chunks of older releases moved onto a new release per chunk of the previous one that needs it to stay within --max-delta-depth; past it the rest of the previous release stays plain. Bounds ingest work per release, which otherwise grows with the releases kept (about one release's worth more every --max-delta-depth releases), at a cost in storage; 0: no bound")
 	return c
 }
@@ -38,8 +38,8 @@ func (c *dedupConfig) check() error {
 	if c.moves < 0 {
 		return &exitError{code: 2, msg: fmt.Sprintf("--max-delta-moves %d: want 0 (no bound) or more", c.moves)}
 	}
-	if c.depth < 1 || c.depth > store.MaxDeltaDepthLimit {
-		return &exitError{code: 2, msg: fmt.Sprintf("--max-delta-depth %d: want 1 to %d", c.depth, store.MaxDeltaDepthLimit)}
+	if c.depth < 0 || c.depth > store.MaxDeltaDepthLimit {
+		return &exitError{code: 2, msg: fmt.Sprintf("--max-delta-depth %d: want 1 to %d, or 0 for the default", c.depth, store.MaxDeltaDepthLimit)}
 	}
 	return nil
 }

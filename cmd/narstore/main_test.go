@@ -167,7 +167,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"stats", "--data", filepath.Join(data, "nothing")}, "ingest something first"},
 		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "--delta-bases", "9", "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x"}, "--delta-bases 9: want 1 to 4"},
 		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "--max-delta-depth", "9", "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x"}, "--max-delta-depth 9: want 1 to 8"},
-		{[]string{"serve", "--data", data, "--max-delta-depth", "0"}, "--max-delta-depth 0: want 1 to 8"},
+		{[]string{"serve", "--data", data, "--max-delta-depth", "-1"}, "--max-delta-depth -1: want 1 to 8, or 0 for the default"},
 		{[]string{"serve", "--data", data, "--max-delta-moves", "-1"}, "--max-delta-moves -1: want 0 (no bound) or more"},
 		{[]string{"frobnicate"}, "unknown command"},
 		{[]string{"ingest", "--data", data, "--upstream", "file:///x", "--allow-untrusted", "--lock-backend", "zookeeper", "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x"}, "want local, redis, postgres or mysql"},
