@@ -141,6 +141,12 @@ type Stats struct {
 	Chunks       int64  `json:"chunks"`
 	ChunkBytes   uint64 `json:"chunk_bytes"`
 	StoredBytes  uint64 `json:"stored_bytes"`
+	// Rewrites counts chunks whose reverse-delta rewrite is recorded and not
+	// released (its new blob not known to be in place: in progress, failed,
+	// or left by a crash), and Holds the bases held for blobs that may
+	// still need them.
+	Rewrites int64 `json:"rewrites_unreleased"`
+	Holds    int64 `json:"bases_held"`
 }
 
 // DepthStats is what the chunks at one delta depth hold.

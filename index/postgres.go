@@ -552,8 +552,9 @@ func (p *Postgres) Stats(ctx context.Context) (Stats, error) {
 	err := p.pool.QueryRow(ctx, `SELECT
 		(SELECT count(*) FROM narinfos),
 		(SELECT count(*) FROM nars), (SELECT coalesce(sum(nar_size),0)::bigint FROM nars), (SELECT coalesce(sum(upstream_size),0)::bigint FROM nars),
-		(SELECT count(*) FROM chunks), (SELECT coalesce(sum(size),0)::bigint FROM chunks), (SELECT coalesce(sum(stored_size),0)::bigint FROM chunks)`).
-		Scan(&st.NarInfos, &st.NARs, &nb, &up, &st.Chunks, &cb, &sb)
+		(SELECT count(*) FROM chunks), (SELECT coalesce(sum(size),0)::bigint FROM chunks), (SELECT coalesce(sum(stored_size),0)::bigint FROM chunks),
+		(SELECT count(*) FROM rewrites), (SELECT count(*) FROM base_holds)`).
+		Scan(&st.NarInfos, &st.NARs, &nb, &up, &st.Chunks, &cb, &sb, &st.Rewrites, &st.Holds)
 	st.NARBytes, st.UpstreamSize, st.ChunkBytes, st.StoredBytes = uint64(nb), uint64(up), uint64(cb), uint64(sb)
 	return st, err
 }

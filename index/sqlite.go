@@ -569,8 +569,9 @@ func (s *SQLite) Stats(ctx context.Context) (Stats, error) {
 	err := s.db.QueryRowContext(ctx, `SELECT
 		(SELECT count(*) FROM narinfos),
 		(SELECT count(*) FROM nars), (SELECT coalesce(sum(nar_size),0) FROM nars), (SELECT coalesce(sum(upstream_size),0) FROM nars),
-		(SELECT count(*) FROM chunks), (SELECT coalesce(sum(size),0) FROM chunks), (SELECT coalesce(sum(stored_size),0) FROM chunks)`).
-		Scan(&st.NarInfos, &st.NARs, &st.NARBytes, &st.UpstreamSize, &st.Chunks, &st.ChunkBytes, &st.StoredBytes)
+		(SELECT count(*) FROM chunks), (SELECT coalesce(sum(size),0) FROM chunks), (SELECT coalesce(sum(stored_size),0) FROM chunks),
+		(SELECT count(*) FROM rewrites), (SELECT count(*) FROM base_holds)`).
+		Scan(&st.NarInfos, &st.NARs, &st.NARBytes, &st.UpstreamSize, &st.Chunks, &st.ChunkBytes, &st.StoredBytes, &st.Rewrites, &st.Holds)
 	return st, err
 }
 

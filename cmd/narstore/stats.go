@@ -45,6 +45,7 @@ func setupStats(fs *flag.FlagSet) runFunc {
 			return enc.Encode(out)
 		}
 		writeStats(env.stdout, st)
+		fmt.Fprintf(env.stdout, "Rewrites not released:     %d chunks, %d bases held for their old blobs (reverse deltas in progress, failed, or left by a crash; they only keep bases from deletion)\n", st.Rewrites, st.Holds)
 		fmt.Fprintf(env.stdout, "Not yet recompressed:      %d chunks (%s) below zstd level %d (narstore recompress)\n", below, human(uint64(belowBytes)), recompress.DefaultLevel)
 		for _, d := range depths {
 			what := fmt.Sprintf("Delta depth %d:", d.Depth)

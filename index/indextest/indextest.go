@@ -72,6 +72,9 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) index.Index
 			}
 		}
 		try(1, index.Rebased)
+		if st, err := ix.Stats(ctx); err != nil || st.Rewrites != 1 || st.Holds != 0 {
+			t.Errorf("Stats after a rewrite of a plain chunk: %+v, %v; want 1 rewrite, no holds", st, err)
+		}
 		clock.Add(int64((index.RewriteTTL - time.Minute).Seconds()))
 		try(2, index.RebaseStale)
 		clock.Add(int64((2 * time.Minute).Seconds()))
@@ -80,6 +83,15 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) index.Index
 		// the one in place.
 		if deps, err := ix.Dependents(ctx, chunks[1].ID); err != nil || !slices.Contains(deps, chunks[0].ID) {
 			t.Errorf("Dependents of the abandoned rewrite's base: %v, %v; want the chunk", deps, err)
+		}
+		if st, err := ix.Stats(ctx); err != nil || st.Rewrites != 1 || st.Holds != 1 {
+			t.Errorf("Stats: %+v, %v; want 1 rewrite, 1 base held", st, err)
+		}
+		if err := ix.ReleaseHolds(ctx, []chunker.ID{chunks[0].ID}); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := ix.Stats(ctx); err != nil || st.Rewrites != 0 || st.Holds != 0 {
+			t.Errorf("Stats after ReleaseHolds: %+v, %v; want none", st, err)
 		}
 	})
 
