@@ -78,8 +78,10 @@ const blobVersion = 1
 const MaxChunkSize = 8 << 20
 
 // DefaultMaxDeltaDepth is how deep writers let delta chains grow unless
-// configured (ingest --max-delta-depth): reading a chunk then decodes at most
-// this many deltas on top of a plain chunk.
+// configured (ingest --max-delta-depth), with forward deltas: reading a
+// chunk then decodes at most this many deltas on top of a plain chunk.
+// Reverse deltas default deeper (ingest.DefaultReverseDeltaDepth), since
+// there only old releases sit deep.
 const DefaultMaxDeltaDepth = 3
 
 // MaxDeltaDepthLimit is the deepest chain any writer may build and every
