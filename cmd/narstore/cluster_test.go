@@ -526,7 +526,8 @@ func TestClusterReverseDeltas(t *testing.T) {
 	c := newCluster(t, 2, "--lock-backend", "redis", "--redis-addr", testservers.Redis(t),
 		"--redis-key-prefix", "narstore-test-"+nixtest.RandomHashPart()+":")
 	cache := nixtest.NewCache(t, "upstream-1")
-	nis := toolReleases(t, cache, 3)
+	all := toolReleases(t, cache, 4)
+	nis, fourth := all[:3], all[3]
 	up := newCountingUpstream(t, cache.Dir)
 	for i := range c.inst {
 		c.start(i, "--upstream", up.URL, "--trusted-public-key", cache.PublicKey.String(), "--delta", "--preset", "fastcdc-16k-64k-256k")
@@ -574,4 +575,68 @@ func TestClusterReverseDeltas(t *testing.T) {
 	if out, errs, code := narstore(t, append([]string{"verify", "--data", t.TempDir()}, c.args[:4]...)...); code != 0 || strings.Contains(out, "UNSAFE") {
 		t.Fatalf("verify: exit %d\n%s%s", code, out, errs)
 	}
+
+	// A recompression, on PostgreSQL and S3 under the Redis maintenance
+	// lock, while a fourth release is pulled through and the third is
+	// rewritten as deltas of it: every release still reads whole from
+	// either instance, every rewrite is released, and verify finds every
+	// base a blob needs named.
+	before := deltaCount(t, ix)
+	recompressed := make(chan error, 1)
+	go func() {
+		out, errs, code := narstore(t, append([]string{"recompress", "--data", t.TempDir(), "--jobs", "2", "--progress", "never"}, c.args...)...)
+		if code != 0 {
+			recompressed <- fmt.Errorf("recompress: exit %d\n%s%s", code, out, errs)
+			return
+		}
+		recompressed <- nil
+	}()
+	if err := c.fetch(fourth, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-recompressed; err != nil {
+		t.Fatal(err)
+	}
+	// The fourth release's predecessor (the release recorded last) is
+	// rewritten as deltas of it: more delta chunks than before, and every
+	// rewrite released in the end.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		n := deltaCount(t, ix)
+		st, err := ix.Stats(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > before && st.Rewrites == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no release was rewritten as deltas of the fourth, or its rewrites were not released: %d delta chunks (%d before), %d rewrites", n, before, st.Rewrites)
+		}
+	}
+	for _, ni := range all {
+		for i := range c.inst {
+			if err := c.fetchNAR(ni, i); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if out, errs, code := narstore(t, append([]string{"verify", "--data", t.TempDir()}, c.args[:4]...)...); code != 0 || strings.Contains(out, "UNSAFE") {
+		t.Fatalf("verify after recompress: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// deltaCount counts the chunks of the index's delta depths past 0.
+func deltaCount(t *testing.T, ix index.Index) int64 {
+	t.Helper()
+	depths, err := ix.Depths(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, d := range depths {
+		if d.Depth > 0 {
+			n += d.Chunks
+		}
+	}
+	return n
 }
