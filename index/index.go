@@ -110,13 +110,23 @@ func heldOnConflict(cur, c Chunk) []chunker.ID {
 	return out
 }
 
-// recodeMatches reports whether cur, the record of a chunk, still names
-// the bases of the blob from (Recode), no more and no fewer. Its size and
-// encoding may differ (two ingests that stored the chunk at once at
-// different levels: the blob in place is either); the new record takes
-// the blob's.
-func recodeMatches(cur, from Chunk) bool {
-	return !cur.ID.IsZero() && slices.Equal(cur.Bases, from.Bases)
+// recodeMatches reports whether a blob like from (Recode) may replace the
+// one there, given cur, the chunk's record, the bases held for it, and
+// whether a rewrite of it is in flight: every base from needs is named for
+// the chunk (in its record or held: two ingests that stored it at once may
+// have left either's blob), and no rewrite is between its record and its
+// blob (whose replace this one could overwrite, or be overwritten by).
+// Size and encoding may differ; the record takes the blob's.
+func recodeMatches(cur Chunk, held []chunker.ID, inFlight bool, from Chunk) bool {
+	if cur.ID.IsZero() || inFlight {
+		return false
+	}
+	for _, b := range from.Bases {
+		if !slices.Contains(cur.Bases, b) && !slices.Contains(held, b) {
+			return false
+		}
+	}
+	return true
 }
 
 // multiBase reports whether a chunk of encoding enc keeps its bases in
@@ -203,13 +213,15 @@ type Index interface {
 	// (which only changes from raw to zstd), made at to's level. from is
 	// what the blob the caller read has: its size, encoding and bases. In
 	// one transaction that keeps other writers of the record out until it
-	// ends, it checks that the record still names from's bases, calls
-	// replace (nil when the blob stays as it is) and records to; a replace
-	// error records nothing and is returned. A record naming other bases is
-	// ErrChanged, and replace is not called: a reverse-delta rewrite
-	// (Rebase) recorded them meanwhile, and its blob, in place or on its
-	// way, must not be overwritten by one needing the old bases. A Rebase
-	// after it sees the new record. ErrNotFound if there is no such chunk.
+	// ends, it checks that every base from needs is still named for the
+	// chunk (in its record, or held) and that no rewrite of it is in flight
+	// (Rebase, not yet released), calls replace (nil when the blob stays as
+	// it is) and records to; a replace error records nothing and is
+	// returned. Otherwise it is ErrChanged, and replace is not called: a
+	// reverse-delta rewrite recorded other bases meanwhile, and its blob, in
+	// place or on its way, must not be overwritten by one needing the old
+	// bases. A Rebase after it sees the new record. ErrNotFound if there is
+	// no such chunk.
 	Recode(ctx context.Context, id chunker.ID, from, to Chunk, replace func() error) error
 	// Rebase records, for each rewrite, that chunk C.ID's blob is about to
 	// be replaced by a delta of C.Bases (C's encoding, stored size and

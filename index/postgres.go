@@ -255,7 +255,20 @@ func (p *Postgres) Recode(ctx context.Context, id chunker.ID, from, to Chunk, re
 		if cur[0].ID.IsZero() {
 			return ErrNotFound
 		}
-		if !recodeMatches(cur[0], from) {
+		rows, err := tx.Query(ctx, `SELECT base_id FROM base_holds WHERE chunk_id = $1`, id[:])
+		if err != nil {
+			return err
+		}
+		held, err := collectIDs(rows)
+		rows.Close()
+		if err != nil {
+			return err
+		}
+		busy, err := pgRebase{ctx, tx, p.now()}.inFlight(id)
+		if err != nil {
+			return err
+		}
+		if !recodeMatches(cur[0], held, busy, from) {
 			return ErrChanged
 		}
 		if replace != nil {

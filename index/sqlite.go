@@ -475,7 +475,20 @@ func (s *SQLite) Recode(ctx context.Context, id chunker.ID, from, to Chunk, repl
 	if cur[0].ID.IsZero() {
 		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrNotFound)
 	}
-	if !recodeMatches(cur[0], from) {
+	rows, err := tx.QueryContext(ctx, `SELECT base_id FROM base_holds WHERE chunk_id = ?`, id[:])
+	if err != nil {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
+	}
+	held, err := collectIDs(rows)
+	rows.Close()
+	if err != nil {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
+	}
+	busy, err := sqliteRebase{ctx, tx, s.now()}.inFlight(id)
+	if err != nil {
+		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
+	}
+	if !recodeMatches(cur[0], held, busy, from) {
 		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrChanged)
 	}
 	if replace != nil {

@@ -10,7 +10,8 @@
 // store.Replacer), and the index then records the new level and size. A crash
 // between the two leaves a good blob whose record still says the old level:
 // the next run does it again. The replace happens inside the index
-// transaction that checks the record still describes the blob as read
+// transaction that checks that every base the blob read needs is still
+// named for the chunk and no rewrite of it is in flight
 // (index.Index.Recode): an ingest rewriting the chunk as a reverse delta
 // meanwhile (new bases recorded, then its blob) is never overwritten by a
 // blob needing the bases it left; such a chunk is counted as changed and

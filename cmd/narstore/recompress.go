@@ -77,7 +77,7 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 			rep.Chunks, enc.Name(), el.Round(time.Millisecond), rep.Replaced, rep.Failed, human(uint64(rep.BytesBefore)), human(uint64(rep.BytesAfter)),
 			saved, float64(rep.ChunkBytes)/1e6/max(el.Seconds(), 0.001))
 		if rep.Changed > 0 {
-			fmt.Fprintf(env.stdout, "%d chunks were left as they were: their index records name other delta bases than the blobs read (an ingest rewrote them meanwhile, as reverse deltas, or two ingests stored them at once); a later run tries them again.\n", rep.Changed)
+			fmt.Fprintf(env.stdout, "%d chunks were left as they were: the blobs read need delta bases the index no longer names for them, or a rewrite of them was in flight (an ingest rewriting them as reverse deltas); a later run tries them again.\n", rep.Changed)
 		}
 		for _, e := range rep.Errors {
 			fmt.Fprintln(env.stdout, "FAILED", e)
