@@ -682,8 +682,8 @@ const plainEstimateSlack = 0.625
 
 // similarBase looks for a base anywhere in the store (not only in the
 // package's previous NAR) by similarity keys: the stored chunk sharing most
-// keys whose depth allows one more step. (Chunks at the cap get no keys, so
-// an older release's chunk is found in their place.)
+// keys whose depth allows one more step within newDepth. (Chunks at the cap
+// get no keys, so an older release's chunk is found in their place.)
 func (in *Ingester) similarBase(ctx context.Context, di *deltaIndex, keys []uint64) (store.Base, uint8, bool) {
 	if keys == nil {
 		return store.Base{}, 0, false
@@ -697,7 +697,7 @@ func (in *Ingester) similarBase(ctx context.Context, di *deltaIndex, keys []uint
 		return store.Base{}, 0, false
 	}
 	for _, r := range recs {
-		if r.ID.IsZero() || int(r.Depth) >= in.opts.MaxDeltaDepth {
+		if r.ID.IsZero() || int(r.Depth) >= in.newDepth {
 			continue
 		}
 		bd, err := di.cache.get(ctx, r.ID)

@@ -128,6 +128,11 @@ type Ingester struct {
 	ix       Index
 	chunks   *store.Chunks
 	opts     Options
+	// newDepth caps the deltas of new chunks found by the store-wide
+	// search: MaxDeltaDepth, but with reverse deltas at their default cap
+	// only store.DefaultMaxDeltaDepth, since a new chunk sits in the
+	// release clients fetch (a package's first, with no predecessor).
+	newDepth int
 	log      *slog.Logger
 	Progress Progress
 
@@ -169,8 +174,9 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	if o.DeltaBases > store.MaxDeltaBases {
 		return nil, fmt.Errorf("delta bases %d: at most %d", o.DeltaBases, store.MaxDeltaBases)
 	}
+	newDepth := o.MaxDeltaDepth
 	if o.MaxDeltaDepth <= 0 {
-		o.MaxDeltaDepth = store.DefaultMaxDeltaDepth
+		o.MaxDeltaDepth, newDepth = store.DefaultMaxDeltaDepth, store.DefaultMaxDeltaDepth
 		if o.Delta && o.ReverseDelta {
 			o.MaxDeltaDepth = DefaultReverseDeltaDepth
 		}
@@ -191,7 +197,7 @@ func New(up *Upstream, ix Index, chunks *store.Chunks, o Options) (*Ingester, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	in := &Ingester{up: up, ix: ix, chunks: chunks, opts: o, log: log, flights: map[string]*flight{}}
+	in := &Ingester{up: up, ix: ix, chunks: chunks, opts: o, newDepth: newDepth, log: log, flights: map[string]*flight{}}
 	max := o.Preset.Max
 	in.bufs.New = func() any { b := make([]byte, max); return &b }
 	return in, nil

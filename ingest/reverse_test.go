@@ -634,3 +634,45 @@ func TestReverseDeltaDefaultCap(t *testing.T) {
 		t.Errorf("deepest chain %d: the forward default capped it", deepest)
 	}
 }
+
+// A package's first release (no predecessor) may be stored as deltas of
+// similar chunks anywhere in the store; with reverse deltas at their default
+// cap those chunks sit in the release clients fetch, so they stay within the
+// forward default's depth even where the closest match is an old release's
+// chunk deeper than that.
+func TestReverseDeltaNewChunksKeepForwardDepth(t *testing.T) {
+	nars := releases(t, ingest.DefaultReverseDeltaDepth)
+	e := newEnv(t)
+	nis := publishReleases(t, e, nars)
+	in := e.ingester(t, e.cache.URL(), func(o *ingest.Options) { reverseDeltas(o); o.SimilarSearch = true })
+	for _, ni := range nis {
+		if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldest, _ := e.ix.NAR(t.Context(), nis[0].NarHash)
+	if d := deltaChunks(t, e.ix, oldest); len(d) == 0 || slices.MaxFunc(d, func(a, b index.Chunk) int { return int(a.Depth) - int(b.Depth) }).Depth <= store.DefaultMaxDeltaDepth {
+		t.Fatalf("the oldest release is no deeper than %d: the test would not cover a deep match", store.DefaultMaxDeltaDepth)
+	}
+	other := slices.Clone(nars[0])
+	for i := 3000; i+8 < len(other); i += 8 << 10 {
+		copy(other[i:], "another!")
+	}
+	ni := e.cache.Add(t, nixtest.Path{Name: "other-1.0", NAR: other, Compression: "zstd"})
+	if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+		t.Fatal(err)
+	}
+	nar, _ := e.ix.NAR(t.Context(), ni.NarHash)
+	d := deltaChunks(t, e.ix, nar)
+	if len(d) == 0 {
+		t.Fatal("the new package found no delta base in the store: the test would not cover the search")
+	}
+	for _, c := range d {
+		if int(c.Depth) > store.DefaultMaxDeltaDepth {
+			t.Errorf("a chunk of the new package's first release is at depth %d, past %d", c.Depth, store.DefaultMaxDeltaDepth)
+		}
+	}
+	if got := e.readBack(t, ni); string(got) != string(other) {
+		t.Fatal("the new package does not read back byte-exact")
+	}
+}
