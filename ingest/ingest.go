@@ -124,10 +124,10 @@ type Progress struct {
 
 // Ingester ingests NARs. Safe for concurrent use.
 type Ingester struct {
-	up       *Upstream // nil when there is no upstream (uploads only)
-	ix       Index
-	chunks   *store.Chunks
-	opts     Options
+	up     *Upstream // nil when there is no upstream (uploads only)
+	ix     Index
+	chunks *store.Chunks
+	opts   Options
 	// newDepth caps the deltas of new chunks found by the store-wide
 	// search: MaxDeltaDepth, but with reverse deltas at their default cap
 	// only store.DefaultMaxDeltaDepth, since a new chunk sits in the
