@@ -676,3 +676,55 @@ func TestReverseDeltaNewChunksKeepForwardDepth(t *testing.T) {
 		t.Fatal("the new package does not read back byte-exact")
 	}
 }
+
+// A blob an earlier ingest stored and never committed (it failed before its
+// commit), encoded against other delta bases than this ingest's, does not
+// stay under a record naming other bases: the directory keeps the first
+// blob stored, so ingest puts its own in place.
+func TestIngestReplacesABlobLeftWithOtherBases(t *testing.T) {
+	nars := releases(t, 1)
+	other := nixtest.DumpPath(t, nixtest.GoRoot(t, "src/encoding/json"))
+	// Where the chunks of nars[0] fall, from a store of its own.
+	probe := newEnv(t)
+	pni := probe.cache.Add(t, nixtest.Path{Name: "tool-1.0", NAR: nars[0], Compression: "zstd"})
+	if _, err := probe.ingester(t, probe.cache.URL(), reverseDeltas).IngestPath(t.Context(), pni.StorePath); err != nil {
+		t.Fatal(err)
+	}
+	pnar, _ := probe.ix.NAR(t.Context(), pni.NarHash)
+	k := pnar.Chunks[len(pnar.Chunks)/2].ID
+	kData, err := probe.chunks.Get(t.Context(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	e := newEnv(t)
+	oni := e.cache.Add(t, nixtest.Path{Name: "other-1.0", NAR: other, Compression: "zstd"})
+	ni := e.cache.Add(t, nixtest.Path{Name: "tool-1.0", NAR: nars[0], Compression: "zstd"})
+	in := e.ingester(t, e.cache.URL(), reverseDeltas)
+	if _, err := in.IngestPath(t.Context(), oni.StorePath); err != nil {
+		t.Fatal(err)
+	}
+	onar, _ := e.ix.NAR(t.Context(), oni.NarHash)
+	y := onar.Chunks[0].ID
+	yData, err := e.chunks.Get(t.Context(), y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, _, err := e.chunks.EncodeDelta(kData, []store.Base{{ID: y, Data: yData}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dir.Put(t.Context(), k, left); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.IngestPath(t.Context(), ni.StorePath); err != nil {
+		t.Fatal(err)
+	}
+	checkBasesNamed(t, e)
+	if bases, err := e.chunks.BlobBases(t.Context(), k); err != nil || slices.Contains(bases, y) {
+		t.Errorf("chunk %s's blob needs bases %v (%v): the one left before is still there", k, bases, err)
+	}
+	if got := e.readBack(t, ni); string(got) != string(nars[0]) {
+		t.Fatal("the NAR does not read back byte-exact")
+	}
+}

@@ -132,69 +132,75 @@ func (d *Dir) HasMany(ctx context.Context, ids []chunker.ID) ([]bool, error) {
 
 // Put implements Store.
 func (d *Dir) Put(ctx context.Context, id chunker.ID, blob []byte) error {
+	_, err := d.Create(ctx, id, blob)
+	return err
+}
+
+// Create implements Creator: a blob already there stays.
+func (d *Dir) Create(ctx context.Context, id chunker.ID, blob []byte) (bool, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
 	}
 	final := d.path(id)
 	dir := filepath.Dir(final)
 	if _, ok := d.made.Load(dir); !ok {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("put chunk %s: %w", id, err)
+			return false, fmt.Errorf("put chunk %s: %w", id, err)
 		}
 		d.made.Store(dir, struct{}{})
 	}
 	if !d.noTmpfile.Load() {
-		err := d.putTmpfile(dir, final, blob)
+		created, err := d.putTmpfile(dir, final, blob)
 		if !errors.Is(err, errNoTmpfile) {
 			if err != nil {
-				return fmt.Errorf("put chunk %s: %w", id, err)
+				return false, fmt.Errorf("put chunk %s: %w", id, err)
 			}
-			return nil
+			return created, nil
 		}
 		d.noTmpfile.Store(true)
 	}
 	if _, err := os.Stat(final); err == nil {
-		return nil
+		return false, nil
 	}
 	tmp := d.tmpPath(id)
 	if err := d.writeTmp(tmp, blob); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("put chunk %s: %w", id, err)
+		return false, fmt.Errorf("put chunk %s: %w", id, err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("put chunk %s: %w", id, err)
+		return false, fmt.Errorf("put chunk %s: %w", id, err)
 	}
-	return nil
+	return true, nil
 }
 
 var errNoTmpfile = errors.New("O_TMPFILE not supported")
 
 // putTmpfile writes blob to an unnamed file in dir (O_TMPFILE) and links it
 // in as final: no temp name, no rename, and nothing left behind by a crash.
-// An existing final (the same content) is success.
-func (d *Dir) putTmpfile(dir, final string, blob []byte) error {
+// An existing final (the same chunk) is success, and not created.
+func (d *Dir) putTmpfile(dir, final string, blob []byte) (created bool, err error) {
 	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
 	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
-		return errNoTmpfile
+		return false, errNoTmpfile
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	f := os.NewFile(uintptr(fd), final)
 	defer f.Close()
 	if _, err := f.Write(blob); err != nil {
-		return err
+		return false, err
 	}
 	d.startWriteback(fd)
 	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
 	if errors.Is(err, unix.EEXIST) {
-		return nil
+		return false, nil
 	}
 	if errors.Is(err, unix.ENOENT) { // no /proc
-		return errNoTmpfile
+		return false, errNoTmpfile
 	}
-	return err
+	return err == nil, err
 }
 
 // Sync implements Syncer.

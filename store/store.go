@@ -72,6 +72,15 @@ type Replacer interface {
 	Replace(ctx context.Context, blobs []Blob) error
 }
 
+// Creator is implemented by stores whose Put keeps a blob already stored
+// under the id (a directory keeps the first, where S3 takes the last).
+// Create is Put reporting whether it stored blob: false when a blob was
+// there, which may be encoded otherwise (other delta bases) if an ingest
+// that failed before its commit left it, or another is storing the chunk.
+type Creator interface {
+	Create(ctx context.Context, id chunker.ID, blob []byte) (bool, error)
+}
+
 // Stager is implemented by Replacers whose Replace is slow mostly before
 // the swap (a directory: writing the new blobs aside and syncing them), so
 // that a caller can do that part first and only the swap where nothing else

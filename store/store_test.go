@@ -461,3 +461,24 @@ func TestLRU(t *testing.T) {
 		t.Error("an LRU of 0 bytes kept a chunk")
 	}
 }
+
+// Create reports whether it stored the blob; a blob already there stays,
+// also on the path without O_TMPFILE.
+func TestDirCreateKeepsABlobThere(t *testing.T) {
+	for _, tmpfile := range []bool{true, false} {
+		d := storetest.Dir(t)
+		if !tmpfile {
+			d.DisableTmpfile()
+		}
+		id := chunker.Sum([]byte("x"))
+		if created, err := d.Create(t.Context(), id, []byte("first")); err != nil || !created {
+			t.Fatalf("tmpfile %v: first Create = %v, %v; want created", tmpfile, created, err)
+		}
+		if created, err := d.Create(t.Context(), id, []byte("second")); err != nil || created {
+			t.Fatalf("tmpfile %v: second Create = %v, %v; want not created", tmpfile, created, err)
+		}
+		if got := storetest.ReadBlob(t, d, id); string(got) != "first" {
+			t.Errorf("tmpfile %v: blob %q, want the first", tmpfile, got)
+		}
+	}
+}
