@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -695,7 +694,7 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 	if err != nil {
 		return nil, err
 	}
-	if err := in.putBlob(ctx, j.id, blob, w.Bases); err != nil {
+	if err := in.chunks.PutBlob(ctx, j.id, blob); err != nil {
 		return nil, err
 	}
 	if !w.Encoding.IsDelta() { // Put keeps no reference to the blob
@@ -708,35 +707,6 @@ func (in *Ingester) storeChunk(ctx context.Context, di *deltaIndex, j chunkJob) 
 		rec.Sims = keys
 	}
 	return rec, nil
-}
-
-// putBlob stores a new chunk's blob. A store that keeps a blob already
-// there (store.Creator: a directory) may hold one encoded otherwise: left by
-// an ingest that failed before its commit, or stored by one running now,
-// against other delta bases (its search saw another index). If that one
-// needs other bases than blob's, blob replaces it, so that the record about
-// to be committed names the bases of the blob in place (a concurrent
-// ingest's commit holds its own: index.Index.Commit). S3 keeps the last
-// blob stored, this one.
-func (in *Ingester) putBlob(ctx context.Context, id chunker.ID, blob []byte, bases []chunker.ID) error {
-	cr, ok := in.chunks.Store().(store.Creator)
-	if !ok {
-		return in.chunks.Store().Put(ctx, id, blob)
-	}
-	created, err := cr.Create(ctx, id, blob)
-	if err != nil || created {
-		return err
-	}
-	have, err := in.chunks.BlobBases(ctx, id)
-	if err == nil && len(have) == len(bases) && !slices.ContainsFunc(have, func(b chunker.ID) bool { return !slices.Contains(bases, b) }) {
-		return nil
-	}
-	// Other bases, or a blob that does not parse: ours goes in its place.
-	if err := in.chunks.Replace(ctx, []store.Blob{{ID: id, Data: blob}}); err != nil {
-		return fmt.Errorf("replace chunk %s left by an earlier ingest: %w", id, err)
-	}
-	in.log.Debug("replaced a chunk blob stored before with other delta bases", "chunk_id", id, "bases_before", have)
-	return nil
 }
 
 // countingReader counts the bytes read from r. The count is atomic: an

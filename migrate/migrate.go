@@ -261,7 +261,7 @@ func (c *Copier) copyBlobs(ctx context.Context, recs []index.Chunk) error {
 			} else {
 				r.Encoding, r.StoredSize = uint8(enc), uint32(len(blob)) // as copied
 			}
-			if err := c.dstStore.Store().Put(ctx, r.ID, blob); err != nil {
+			if err := c.dstStore.PutBlob(ctx, r.ID, blob); err != nil {
 				cancel(fmt.Errorf("destination chunk %s: %w", r.ID, err))
 				return
 			}

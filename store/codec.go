@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -364,6 +365,45 @@ func (c *Chunks) Put(ctx context.Context, id chunker.ID, data []byte) (Written, 
 		return Written{}, err
 	}
 	return w, nil
+}
+
+// PutBlob stores blob, encoded by Encode or EncodeDelta (or copied from
+// another store), under id, for a chunk the index does not record yet. A
+// store that keeps a blob already there (Creator: a directory) may hold one
+// encoded otherwise: left by a writer that failed before its index commit,
+// or stored by one running now, against other delta bases (an ingest's
+// search saw another index; a copy's source was rewritten since). If that
+// one needs other bases than blob, blob replaces it, so that the record
+// about to be committed names the bases of the blob in place (a concurrent
+// writer's commit holds its own: index.Index.Commit). Other stores keep the
+// last blob stored, this one.
+func (c *Chunks) PutBlob(ctx context.Context, id chunker.ID, blob []byte) error {
+	cr, ok := c.store.(Creator)
+	if !ok {
+		return c.store.Put(ctx, id, blob)
+	}
+	created, err := cr.Create(ctx, id, blob)
+	if err != nil || created {
+		return err
+	}
+	_, want, _, err := BlobHeader(blob)
+	if err != nil {
+		return fmt.Errorf("put chunk %s: %w", id, err)
+	}
+	have, err := c.BlobBases(ctx, id)
+	if err == nil && sameBases(have, IDs(want)) {
+		return nil
+	}
+	// Other bases, or a blob that does not parse: this one goes in its place.
+	if err := c.Replace(ctx, []Blob{{ID: id, Data: blob}}); err != nil {
+		return fmt.Errorf("replace chunk %s stored before with other delta bases: %w", id, err)
+	}
+	return nil
+}
+
+// sameBases reports whether a and b name the same chunks.
+func sameBases(a, b []chunker.ID) bool {
+	return len(a) == len(b) && !slices.ContainsFunc(a, func(x chunker.ID) bool { return !slices.Contains(b, x) })
 }
 
 // Sync makes the chunks Put so far durable, if the store needs that (Syncer).

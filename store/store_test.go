@@ -482,3 +482,53 @@ func TestDirCreateKeepsABlobThere(t *testing.T) {
 		}
 	}
 }
+
+// PutBlob keeps a blob already there that needs the same bases (another
+// level, say), and replaces one that needs others.
+func TestPutBlobReplacesOneNeedingOtherBases(t *testing.T) {
+	ctx := t.Context()
+	d, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
+	a, b := textBytes(64<<10, 11), textBytes(64<<10, 12)
+	x := append(slices.Clone(a), "x"...)
+	id := chunker.Sum(x)
+	onA, _, err := c.EncodeDelta(x, []store.Base{{ID: chunker.Sum(a), Data: a}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB, _, err := c.EncodeDelta(x, []store.Base{{ID: chunker.Sum(b), Data: b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Put(ctx, id, onA); err != nil {
+		t.Fatal(err)
+	}
+	c9, err := store.NewChunks(d, store.ChunksOptions{Level: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onA9, _, err := c9.EncodeDelta(x, []store.Base{{ID: chunker.Sum(a), Data: a}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(onA9, onA) {
+		t.Fatal("the same delta at two levels: the test would not tell kept from replaced")
+	}
+	plain, _ := c.Encode(x)
+	plain = slices.Clone(plain)
+	for _, tc := range []struct {
+		name string
+		blob []byte
+		want []byte
+	}{
+		{"same base, another level", onA9, onA},
+		{"another base", onB, onB},
+		{"plain", plain, plain},
+	} {
+		if err := c.PutBlob(ctx, id, tc.blob); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := storetest.ReadBlob(t, d, id); !bytes.Equal(got, tc.want) {
+			t.Errorf("%s: the blob in place is not the one wanted", tc.name)
+		}
+	}
+}
