@@ -40,8 +40,8 @@ import (
 // by one release's worth every cap releases. On the large corpus at level 3,
 // 5 against store.DefaultMaxDeltaDepth (3): after six bumps 253.2 MB stored
 // against 256.1, the sixth bump ingested in 5.2 s against 8.3 at one core
-// (no release moved yet, against 460 chunks), cold reads of releases four or
-// more bumps old 5-10% slower. Over 16 releases of a synthetic package, 475
+// (no release moved yet, against 460 chunks), cold reads of releases two to
+// five bumps old 3-10% slower. Over 16 releases of a synthetic package, 475
 // chunks moved in all against 930. New chunks that the store-wide search
 // stores as deltas keep store.DefaultMaxDeltaDepth (Ingester.newDepth).
 const DefaultReverseDeltaDepth = 5
