@@ -32,7 +32,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -90,43 +89,6 @@ type Chunk struct {
 	// written by Commit, not returned by Chunks. Empty for a chunk that is not
 	// to serve as a delta base.
 	Sims []uint64
-}
-
-// heldOnConflict returns the bases of c, a chunk record Commit was given,
-// that cur, the record already there, does not name. Two ingests that
-// stored the same new chunk at once, each encoding it its own way (deltas
-// of other bases, found by a search of an index that changed between
-// them), may leave either one's blob in place (a directory keeps the first
-// Put, S3 the last), while the first Commit's record stays. Whoever commits
-// second holds its own bases, so that every base the blob in place may need
-// is named.
-func heldOnConflict(cur, c Chunk) []chunker.ID {
-	var out []chunker.ID
-	for _, b := range c.Bases {
-		if !slices.Contains(cur.Bases, b) && b != c.ID {
-			out = append(out, b)
-		}
-	}
-	return out
-}
-
-// recodeMatches reports whether a blob like from (Recode) may replace the
-// one there, given cur, the chunk's record, the bases held for it, and
-// whether a rewrite of it is in flight: every base from needs is named for
-// the chunk (in its record or held: two ingests that stored it at once may
-// have left either's blob), and no rewrite is between its record and its
-// blob (whose replace this one could overwrite, or be overwritten by).
-// Size and encoding may differ; the record takes the blob's.
-func recodeMatches(cur Chunk, held []chunker.ID, inFlight bool, from Chunk) bool {
-	if cur.ID.IsZero() || inFlight {
-		return false
-	}
-	for _, b := range from.Bases {
-		if !slices.Contains(cur.Bases, b) && !slices.Contains(held, b) {
-			return false
-		}
-	}
-	return true
 }
 
 // multiBase reports whether a chunk of encoding enc keeps its bases in

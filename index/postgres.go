@@ -248,35 +248,15 @@ func (p *Postgres) Recode(ctx context.Context, id chunker.ID, from, to Chunk, re
 		if _, err := tx.Exec(ctx, `SELECT 1 FROM chunks WHERE id = $1 FOR UPDATE`, id[:]); err != nil {
 			return err
 		}
-		cur, err := pgChunks(ctx, tx, []chunker.ID{id})
-		if err != nil {
+		if err := checkRecode(pgRebase{ctx, tx, p.now()}, id, from); err != nil {
 			return err
-		}
-		if cur[0].ID.IsZero() {
-			return ErrNotFound
-		}
-		rows, err := tx.Query(ctx, `SELECT base_id FROM base_holds WHERE chunk_id = $1`, id[:])
-		if err != nil {
-			return err
-		}
-		held, err := collectIDs(rows)
-		rows.Close()
-		if err != nil {
-			return err
-		}
-		busy, err := pgRebase{ctx, tx, p.now()}.inFlight(id)
-		if err != nil {
-			return err
-		}
-		if !recodeMatches(cur[0], held, busy, from) {
-			return ErrChanged
 		}
 		if replace != nil {
 			if err := replace(); err != nil {
 				return replaceError{err}
 			}
 		}
-		_, err = tx.Exec(ctx, `UPDATE chunks SET stored_size = $1, encoding = $2, level = $3 WHERE id = $4`, int32(to.StoredSize), int16(to.Encoding), int16(to.Level), id[:])
+		_, err := tx.Exec(ctx, `UPDATE chunks SET stored_size = $1, encoding = $2, level = $3 WHERE id = $4`, int32(to.StoredSize), int16(to.Encoding), int16(to.Level), id[:])
 		return err
 	})
 	var re replaceError
@@ -388,15 +368,9 @@ func (p *Postgres) Commit(ctx context.Context, ni *narinfo.NarInfo, nar *NAR, ne
 			if err != nil {
 				return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 			}
-			if tag.RowsAffected() == 0 && len(c.Bases) > 0 {
-				cur, err := pgChunks(ctx, tx, []chunker.ID{c.ID})
-				if err != nil {
-					return fmt.Errorf("chunk %s recorded already: %w", c.ID, err)
-				}
-				for _, b := range heldOnConflict(cur[0], c) {
-					if _, err := tx.Exec(ctx, `INSERT INTO base_holds (chunk_id, base_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, c.ID[:], b[:]); err != nil {
-						return fmt.Errorf("chunk %s recorded already: hold base %s: %w", c.ID, b, err)
-					}
+			if tag.RowsAffected() == 0 {
+				if err := holdOnConflict(pgRebase{ctx, tx, time.Unix(now, 0)}, c); err != nil {
+					return err
 				}
 			}
 			if tag.RowsAffected() == 1 {
@@ -651,10 +625,8 @@ func (p *Postgres) SimilarChunks(ctx context.Context, sims []uint64, limit int) 
 // Rebase implements Index. The rows of the chunks and their new bases are
 // locked (in ID order, so two rebases cannot deadlock on them) before they
 // are checked, so a concurrent rebase of any of them waits for this one.
-//
-// The rows of the rewritten chunks and their bases are locked in ID order,
-// but the dependents whose depths change are only found, and updated, after
-// that. Two batches can therefore deadlock: one updating a dependent the
+// The dependents whose depths change are only found, and updated, after
+// that, so two batches can still deadlock: one updating a dependent the
 // other has locked while that one waits for a base the first holds (two
 // instances rewriting releases of one package against the same newer
 // chunks). PostgreSQL ends one of them; that one starts again from the
@@ -762,6 +734,15 @@ func (p *Postgres) ReleaseHolds(ctx context.Context, ids []chunker.ID) error {
 		return fmt.Errorf("release holds of %d chunks: %w", len(ids), err)
 	}
 	return nil
+}
+
+func (r pgRebase) held(id chunker.ID) ([]chunker.ID, error) {
+	rows, err := r.tx.Query(r.ctx, `SELECT base_id FROM base_holds WHERE chunk_id = $1`, id[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return collectIDs(rows)
 }
 
 func (r pgRebase) inFlight(id chunker.ID) (bool, error) {

@@ -67,8 +67,10 @@ type rebaseTx interface {
 	dependents(id chunker.ID) ([]chunker.ID, error)
 	// set records c (encoding, stored size, level, depth and bases).
 	set(c Chunk) error
-	// hold records that chunk id's blob may still need base.
+	// hold records that chunk id's blob may still need base, and held
+	// lists the bases held for id.
 	hold(id, base chunker.ID) error
+	held(id chunker.ID) ([]chunker.ID, error)
 	// inFlight reports whether a rewrite of chunk id is recorded and not
 	// yet released (ReleaseHolds), and not older than RewriteTTL.
 	inFlight(id chunker.ID) (bool, error)
@@ -137,6 +139,66 @@ func rebaseAll(tx rebaseTx, rw []Rewrite, maxDepth int) ([]RebaseResult, error) 
 		}
 	}
 	return out, nil
+}
+
+// holdOnConflict is Commit's step for c, a new chunk that turned out to be
+// recorded already: it holds c's bases that the record there does not
+// name. Two ingests that stored the same new chunk at once, each encoding
+// it its own way (deltas of other bases, found by a search of an index that
+// changed between them), may leave either one's blob in place (a directory
+// keeps the first Put, S3 the last), while the first Commit's record stays.
+// Whoever commits second holds its own bases, so that every base the blob
+// in place may need is named.
+func holdOnConflict(tx rebaseTx, c Chunk) error {
+	if len(c.Bases) == 0 {
+		return nil
+	}
+	cur, err := tx.chunks([]chunker.ID{c.ID})
+	if err != nil {
+		return fmt.Errorf("chunk %s recorded already: %w", c.ID, err)
+	}
+	for _, b := range c.Bases {
+		if !slices.Contains(cur[0].Bases, b) {
+			if err := tx.hold(c.ID, b); err != nil {
+				return fmt.Errorf("chunk %s recorded already: hold base %s: %w", c.ID, b, err)
+			}
+		}
+	}
+	return nil
+}
+
+// checkRecode is Recode's check, in its transaction with the chunk's row
+// locked: a blob like from may replace the one there if every base from
+// needs is named for the chunk (in its record or held: two ingests that
+// stored it at once may have left either's blob) and no rewrite is between
+// its record and its blob (whose replace this one could overwrite, or be
+// overwritten by); else ErrChanged. Size and encoding may differ; the
+// record takes the blob's.
+func checkRecode(tx rebaseTx, id chunker.ID, from Chunk) error {
+	cur, err := tx.chunks([]chunker.ID{id})
+	if err != nil {
+		return err
+	}
+	if cur[0].ID.IsZero() {
+		return ErrNotFound
+	}
+	held, err := tx.held(id)
+	if err != nil {
+		return err
+	}
+	busy, err := tx.inFlight(id)
+	if err != nil {
+		return err
+	}
+	if busy {
+		return ErrChanged
+	}
+	for _, b := range from.Bases {
+		if !slices.Contains(cur[0].Bases, b) && !slices.Contains(held, b) {
+			return ErrChanged
+		}
+	}
+	return nil
 }
 
 // rebase records one rewrite, its rows locked.

@@ -282,15 +282,9 @@ func insertChunks(ctx context.Context, tx *sql.Tx, chunks []Chunk, now int64) er
 			return fmt.Errorf("insert chunk %s: %w", c.ID, err)
 		}
 		n, _ := res.RowsAffected()
-		if n == 0 && len(c.Bases) > 0 {
-			cur, err := sqliteChunks(ctx, tx, []chunker.ID{c.ID})
-			if err != nil {
-				return fmt.Errorf("chunk %s recorded already: %w", c.ID, err)
-			}
-			for _, b := range heldOnConflict(cur[0], c) {
-				if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO base_holds (chunk_id, base_id) VALUES (?, ?)`, c.ID[:], b[:]); err != nil {
-					return fmt.Errorf("chunk %s recorded already: hold base %s: %w", c.ID, b, err)
-				}
+		if n == 0 {
+			if err := holdOnConflict(sqliteRebase{ctx, tx, time.Unix(now, 0)}, c); err != nil {
+				return err
 			}
 		}
 		if n == 1 {
@@ -468,28 +462,8 @@ func (s *SQLite) Recode(ctx context.Context, id chunker.ID, from, to Chunk, repl
 		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
 	}
 	defer tx.Rollback()
-	cur, err := sqliteChunks(ctx, tx, []chunker.ID{id})
-	if err != nil {
+	if err := checkRecode(sqliteRebase{ctx, tx, s.now()}, id, from); err != nil {
 		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
-	}
-	if cur[0].ID.IsZero() {
-		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrNotFound)
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT base_id FROM base_holds WHERE chunk_id = ?`, id[:])
-	if err != nil {
-		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
-	}
-	held, err := collectIDs(rows)
-	rows.Close()
-	if err != nil {
-		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
-	}
-	busy, err := sqliteRebase{ctx, tx, s.now()}.inFlight(id)
-	if err != nil {
-		return fmt.Errorf("record recompressed chunk %s: %w", id, err)
-	}
-	if !recodeMatches(cur[0], held, busy, from) {
-		return fmt.Errorf("record recompressed chunk %s: %w", id, ErrChanged)
 	}
 	if replace != nil {
 		if err := replace(); err != nil {
@@ -791,6 +765,15 @@ func (s *SQLite) ReleaseHolds(ctx context.Context, ids []chunker.ID) error {
 		}
 	}
 	return tx.Commit()
+}
+
+func (r sqliteRebase) held(id chunker.ID) ([]chunker.ID, error) {
+	rows, err := r.tx.QueryContext(r.ctx, `SELECT base_id FROM base_holds WHERE chunk_id = ?`, id[:])
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return collectIDs(rows)
 }
 
 func (r sqliteRebase) inFlight(id chunker.ID) (bool, error) {

@@ -67,8 +67,10 @@ func (in *Ingester) rebasePredecessor(ctx context.Context, nar *index.NAR, res *
 	if in.opts.Locker != nil {
 		// One rewrite of a NAR at a time: two ingests of newer releases of
 		// the same package (another instance's, or a batch's other worker)
-		// would otherwise replace each other's blobs between record and
-		// replace, leaving a blob needing bases its record does not name.
+		// would otherwise both encode it whole. The index keeps them from
+		// replacing each other's blobs out of order either way (a chunk
+		// being rewritten refuses another Rebase until released); the lock
+		// spares the second the work the index would refuse.
 		lease, ok, err := in.opts.Locker.TryLock(ctx, RebaseLockKey(res.pred.Hash), in.opts.LockTTL)
 		if err != nil || !ok {
 			in.log.Info("rebase: predecessor left as it is: another ingest is rewriting it", "store_path", res.StorePath,

@@ -58,7 +58,8 @@ type Progress struct {
 	Chunks, ChunkBytes              atomic.Int64 // chunks (blobs) copied, and their stored bytes
 	// Reencoded counts chunks copied plain because their source blob
 	// needed other bases than their record named (a reverse-delta rewrite
-	// recorded but its blob not yet replaced).
+	// recorded but its blob not yet replaced, or bases held for a chunk two
+	// ingests stored at once): the destination gets no holds.
 	Reencoded atomic.Int64
 }
 

@@ -128,22 +128,22 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 			for c := range work {
 				// The replace happens inside the index's transaction, so
 				// it cannot overwrite a reverse-delta rewrite recorded
-				// since the blob was read.
+				// since the blob was read. ixErr is the index's own error
+				// (a failed replace fails only this chunk).
 				var ixErr error
 				r, err := chunks.Recode(cctx, c.ID, opts.Encoder, func(r store.Recoded, replace func() error) error {
 					from := index.Chunk{StoredSize: uint32(r.OldSize), Encoding: uint8(r.From), Bases: r.Bases}
 					to := index.Chunk{StoredSize: uint32(r.NewSize), Encoding: uint8(r.Encoding), Level: uint8(level)}
 					var storeErr error
-					var write func() error
+					write := replace
 					if replace != nil {
 						write = func() error { storeErr = replace(); return storeErr }
 					}
-					ixErr = ix.Recode(cctx, c.ID, from, to, write)
-					if storeErr != nil { // the store failed: this chunk fails, the run goes on
-						ixErr = nil
-						return storeErr
+					err := ix.Recode(cctx, c.ID, from, to, write)
+					if storeErr == nil {
+						ixErr = err
 					}
-					return ixErr
+					return err
 				})
 				if err != nil && cctx.Err() != nil {
 					return

@@ -60,7 +60,7 @@ func setupMigrate(fs *flag.FlagSet) runFunc {
 		fmt.Fprintf(env.stdout, "migrate: %d NARs in the source, %d copied now, %d narinfos written, %d chunks (%s stored) copied in %s\n",
 			p.NARsTotal.Load(), p.NARsCopied.Load(), p.NarInfos.Load(), p.Chunks.Load(), human(uint64(p.ChunkBytes.Load())), time.Since(start).Round(time.Millisecond))
 		if n := p.Reencoded.Load(); n > 0 {
-			fmt.Fprintf(env.stdout, "migrate: %d of those chunks were copied plain: their source blobs were in the middle of a reverse-delta rewrite\n", n)
+			fmt.Fprintf(env.stdout, "migrate: %d of those chunks were copied plain: their source blobs need other delta bases than their records name (mostly a reverse-delta rewrite in progress)\n", n)
 		}
 		if err != nil {
 			return fmt.Errorf("%w\nnothing half-copied was recorded; run the same migrate again to resume", err)
