@@ -85,6 +85,10 @@ type Options struct {
 	// search on).
 	DeltaBases      int
 	NoSimilarSearch bool
+	// RecompressPlainOnly: recompression (Config.Recompress) keeps every
+	// chunk's encoding, not trying plain chunks as deltas of similar ones
+	// (recompress.Options.Similar).
+	RecompressPlainOnly bool
 	// MaxDeltaDepth is ingest's setting of that name; 0 means its default.
 	MaxDeltaDepth int
 	// ReverseDelta is ingest's setting of that name, for delta configurations.
@@ -347,7 +351,11 @@ func runConfig(ctx context.Context, o Options, c Config) ([]Row, []PackageRow, e
 			}
 			var mu sync.Mutex
 			start := time.Now()
-			rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: 1, OnChunk: func(id chunker.ID, before, after int) {
+			depth := o.MaxDeltaDepth
+			if depth == 0 && !(c.Delta && o.ReverseDelta) {
+				depth = store.DefaultMaxDeltaDepth // ingest's cap without reverse deltas
+			}
+			rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: 1, Similar: !o.RecompressPlainOnly, MaxDepth: depth, OnChunk: func(id chunker.ID, before, after int) {
 				mu.Lock()
 				if p := pkgs[owner[id]]; p != nil {
 					p.StoredBytes -= uint64(before - after)

@@ -17,6 +17,16 @@
 // blob needing the bases it left; such a chunk is counted as changed and
 // left to a later run.
 //
+// With Options.Similar, a plain chunk is first tried as a delta of the most
+// similar other plain chunk in the store (by the similarity keys ingest
+// records): chunks stored plain at ingest because the chunks they resemble
+// were not recorded yet, above all those of the same NAR (a JS bundle's
+// near-copies in several files), or of a NAR ingested at the same time.
+// Such a rewrite goes the way of a reverse delta: the new base is recorded
+// first (index.Index.Rebase, which takes it only while the base is plain and
+// every chain through the chunk stays within the depth cap), then the blob
+// is replaced, then the hold on nothing is released (ReleaseHolds).
+//
 // Rewrites must not interleave with deletions of the same chunk; callers hold
 // the "maintenance" lock (MaintenanceLock) that any GC also takes.
 package recompress
@@ -31,6 +41,7 @@ import (
 
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
+	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/store"
 )
 
@@ -47,7 +58,24 @@ type Index interface {
 	ChunksBelowLevel(ctx context.Context, level int, after chunker.ID, limit int) ([]chunker.ID, error)
 	Chunks(ctx context.Context, ids []chunker.ID) ([]index.Chunk, error)
 	Recode(ctx context.Context, id chunker.ID, from, to index.Chunk, replace func() error) error
+	// For Options.Similar.
+	SimilarChunks(ctx context.Context, sims []uint64, limit int) ([]chunker.ID, error)
+	Rebase(ctx context.Context, rw []index.Rewrite, maxDepth int) ([]index.RebaseResult, error)
+	ReleaseHolds(ctx context.Context, ids []chunker.ID) error
 }
+
+// DefaultMaxDepth is the delta depth Options.Similar keeps every chain
+// within unless told otherwise: ingest's default with reverse deltas
+// (ingest.DefaultReverseDeltaDepth).
+const DefaultMaxDepth = ingest.DefaultReverseDeltaDepth
+
+// similarMargin is how much smaller than the chunk recompressed plain a
+// delta of a similar chunk must be to be kept: ingest's default margin.
+const similarMargin = 0.2
+
+// similarTries is how many similar plain chunks a chunk is tried against,
+// most similar first.
+const similarTries = 2
 
 // Options tune Run.
 type Options struct {
@@ -62,6 +90,11 @@ type Options struct {
 	// OnChunk, if set, is called (from the workers, concurrently) for every
 	// chunk done, with its stored bytes before and after.
 	OnChunk func(id chunker.ID, before, after int)
+	// Similar tries each plain chunk as a delta of a similar plain chunk
+	// first (package doc), keeping every delta chain within MaxDepth (0:
+	// DefaultMaxDepth).
+	Similar  bool
+	MaxDepth int
 }
 
 // Progress counts what Run did so far; safe to read while it runs.
@@ -72,7 +105,10 @@ type Progress struct {
 	// Changed counts chunks left as they were because their record changed
 	// while they were recompressed (a reverse-delta rewrite gave them new
 	// bases); a later run takes them if they are still below the level.
-	Changed     atomic.Int64
+	Changed atomic.Int64
+	// Deltas counts chunks rewritten as deltas of a similar chunk
+	// (Options.Similar); they are among Replaced.
+	Deltas      atomic.Int64
 	ChunkBytes  atomic.Int64 // decoded bytes of the chunks tried
 	BytesBefore atomic.Int64 // stored bytes of the chunks tried, before
 	BytesAfter  atomic.Int64 // and after
@@ -81,6 +117,7 @@ type Progress struct {
 // Report is the outcome of Run.
 type Report struct {
 	Chunks, Replaced, Failed, Changed   int64
+	Deltas                              int64
 	ChunkBytes, BytesBefore, BytesAfter int64
 	// Errors holds the first failures (at most 20), one line each.
 	Errors []string
@@ -104,6 +141,10 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 		log = slog.New(slog.DiscardHandler)
 	}
 	level := opts.Encoder.Level()
+	maxDepth := opts.MaxDepth
+	if maxDepth <= 0 {
+		maxDepth = DefaultMaxDepth
+	}
 	var (
 		mu           sync.Mutex
 		errs         []string
@@ -126,6 +167,30 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 		go func() {
 			defer wg.Done()
 			for c := range work {
+				if opts.Similar && len(c.Bases) == 0 {
+					saved, err := similarDelta(cctx, ix, chunks, opts.Encoder, c, maxDepth)
+					if err != nil && cctx.Err() != nil {
+						return
+					}
+					if err != nil {
+						// The record names the new base, the blob is the
+						// old one: it reads as before. Recode below
+						// leaves it to a later run (in flight).
+						log.Warn("recompress: delta of a similar chunk", "chunk_id", c.ID, "err", err)
+					}
+					if saved != nil {
+						p.Chunks.Add(1)
+						p.ChunkBytes.Add(int64(c.Size))
+						p.Replaced.Add(1)
+						p.Deltas.Add(1)
+						p.BytesBefore.Add(int64(saved.OldSize))
+						p.BytesAfter.Add(int64(saved.NewSize))
+						if opts.OnChunk != nil {
+							opts.OnChunk(c.ID, saved.OldSize, saved.NewSize)
+						}
+						continue
+					}
+				}
 				// The replace happens inside the index's transaction, so
 				// it cannot overwrite a reverse-delta rewrite recorded
 				// since the blob was read. ixErr is the index's own error
@@ -220,7 +285,7 @@ pages:
 	}
 	close(work)
 	wg.Wait()
-	rep := Report{Chunks: p.Chunks.Load(), Replaced: p.Replaced.Load(), Failed: p.Failed.Load(), Changed: p.Changed.Load(),
+	rep := Report{Chunks: p.Chunks.Load(), Replaced: p.Replaced.Load(), Failed: p.Failed.Load(), Changed: p.Changed.Load(), Deltas: p.Deltas.Load(),
 		ChunkBytes: p.ChunkBytes.Load(), BytesBefore: p.BytesBefore.Load(), BytesAfter: p.BytesAfter.Load(), Errors: errs}
 	switch {
 	case fatal != nil:
@@ -231,4 +296,80 @@ pages:
 		return rep, fmt.Errorf("recompress: list chunks: %w", walkErr)
 	}
 	return rep, nil
+}
+
+// similarDelta tries plain chunk c as a delta, made by enc, of the most
+// similar other plain chunks the index finds by its similarity keys. It
+// returns the sizes (nil: left to recompression as it is) once the delta is
+// recorded, in place, and released; an error after the record leaves the
+// chunk in flight, its old blob reading as before.
+func similarDelta(ctx context.Context, ix Index, chunks *store.Chunks, enc store.FrameEncoder, c index.Chunk, maxDepth int) (*store.Recoded, error) {
+	data, err := chunks.Get(ctx, c.ID)
+	if err != nil {
+		return nil, nil // Recode reports it
+	}
+	keys := ingest.SimilarityKeys(data)
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	ids, err := ix.SimilarChunks(ctx, keys, 4*similarTries)
+	if err != nil || len(ids) == 0 {
+		return nil, err
+	}
+	recs, err := ix.Chunks(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		best      []byte
+		bestW     store.Written
+		bestBases []store.Base
+	)
+	tried := 0
+	for _, r := range recs {
+		if tried == similarTries {
+			break
+		}
+		if r.ID.IsZero() || r.ID == c.ID || len(r.Bases) > 0 {
+			continue
+		}
+		bd, err := chunks.Get(ctx, r.ID)
+		if err != nil {
+			continue
+		}
+		tried++
+		bases := []store.Base{{ID: r.ID, Data: bd}}
+		blob, w, err := chunks.EncodeDeltaWith(ctx, data, bases, enc)
+		if err != nil {
+			return nil, err
+		}
+		if best == nil || w.StoredSize < bestW.StoredSize {
+			best, bestW, bestBases = blob, w, bases
+		}
+	}
+	if best == nil {
+		return nil, nil
+	}
+	plain, err := enc.EncodeFrame(ctx, data, nil)
+	if err != nil {
+		return nil, err
+	}
+	if float64(bestW.StoredSize) > (1-similarMargin)*float64(min(len(plain)+2, int(c.StoredSize))) {
+		return nil, nil
+	}
+	if err := chunks.CheckDelta(ctx, c.ID, best, bestBases); err != nil {
+		return nil, err
+	}
+	rec := index.Chunk{ID: c.ID, Size: c.Size, StoredSize: uint32(bestW.StoredSize), Encoding: uint8(bestW.Encoding), Bases: bestW.Bases, Level: uint8(bestW.Level)}
+	rs, err := ix.Rebase(ctx, []index.Rewrite{{C: rec, Old: c}}, maxDepth)
+	if err != nil || rs[0] != index.Rebased {
+		return nil, err // stale or too deep: recompressed plain instead
+	}
+	if err := chunks.Replace(ctx, []store.Blob{{ID: c.ID, Data: best}}); err != nil {
+		return nil, fmt.Errorf("replace with its delta: %w", err)
+	}
+	if err := ix.ReleaseHolds(ctx, []chunker.ID{c.ID}); err != nil {
+		return nil, fmt.Errorf("release: %w", err)
+	}
+	return &store.Recoded{From: store.Encoding(c.Encoding), Encoding: bestW.Encoding, Bases: bestW.Bases, OldSize: int(c.StoredSize), NewSize: bestW.StoredSize, Replaced: true}, nil
 }

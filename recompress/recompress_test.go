@@ -14,6 +14,7 @@ import (
 	"github.com/narstore/narstore/chunker"
 	"github.com/narstore/narstore/index"
 	"github.com/narstore/narstore/index/indextest"
+	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
 	"github.com/narstore/narstore/recompress"
 	"github.com/narstore/narstore/store"
@@ -97,6 +98,55 @@ func TestRunResumesAndLimits(t *testing.T) {
 	}
 }
 
+// editedText returns text that compresses better at a higher level, and
+// change, which makes releases of it with scattered changes: deltas that a
+// higher level shrinks too.
+func editedText() ([]byte, func(seed uint64) []byte) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	words := strings.Fields("the a release of file binary store path nix chunk delta base zstd level index record blob needs names")
+	var a []byte
+	for len(a) < 200<<10 {
+		a = fmt.Appendf(a, "%s %d ", words[rng.IntN(len(words))], rng.IntN(1000))
+	}
+	return a, func(seed uint64) []byte {
+		r := rand.New(rand.NewPCG(seed, seed))
+		out := slices.Clone(a)
+		for i := r.IntN(64); i < len(out); i += 32 + r.IntN(64) {
+			out[i] = byte('A' + r.IntN(26))
+		}
+		return out
+	}
+}
+
+// putDelta stores x as a delta of base (whose bytes are baseData) and
+// returns its record, at depth 1.
+func putDelta(t *testing.T, c *store.Chunks, x []byte, base chunker.ID, baseData []byte) index.Chunk {
+	t.Helper()
+	blob, w, err := c.EncodeDelta(x, []store.Base{{ID: base, Data: baseData}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Store().Put(context.Background(), chunker.Sum(x), blob); err != nil {
+		t.Fatal(err)
+	}
+	return index.Chunk{ID: chunker.Sum(x), Size: uint32(len(x)), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Depth: 1, Level: uint8(w.Level)}
+}
+
+// commitNAR records a NAR of the chunks recs, whose bytes are data.
+func commitNAR(t *testing.T, ix index.Index, recs []index.Chunk, data [][]byte) {
+	t.Helper()
+	nar := &index.NAR{Preset: chunker.DefaultPreset}
+	var whole []byte
+	for i, d := range data {
+		nar.Chunks = append(nar.Chunks, index.ChunkRef{ID: recs[i].ID, Offset: uint64(len(whole)), Size: uint32(len(d))})
+		whole = append(whole, d...)
+	}
+	nar.Hash, nar.Size = sha256.Sum256(whole), uint64(len(whole))
+	if err := ix.Commit(context.Background(), nil, nar, recs); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // racingEncoder runs race once, on the first frame it is asked for with a
 // dictionary (a delta's), before encoding it: an ingest rewriting that
 // chunk between recompression's read and its replace.
@@ -121,22 +171,7 @@ func TestRunLeavesAChunkRewrittenMeanwhile(t *testing.T) {
 	ctx := context.Background()
 	ix := indextest.SQLite(t)
 	_, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
-	// Text that compresses better at a higher level, and two releases of
-	// it with scattered changes: deltas that a higher level shrinks too.
-	rng := rand.New(rand.NewPCG(1, 2))
-	words := strings.Fields("the a release of file binary store path nix chunk delta base zstd level index record blob needs names")
-	var a []byte
-	for len(a) < 200<<10 {
-		a = fmt.Appendf(a, "%s %d ", words[rng.IntN(len(words))], rng.IntN(1000))
-	}
-	change := func(seed uint64) []byte {
-		r := rand.New(rand.NewPCG(seed, seed))
-		out := slices.Clone(a)
-		for i := r.IntN(64); i < len(out); i += 32 + r.IntN(64) {
-			out[i] = byte('A' + r.IntN(26))
-		}
-		return out
-	}
+	a, change := editedText()
 	b, x := change(3), change(4)
 	var recs []index.Chunk
 	put := func(data []byte) index.Chunk {
@@ -149,25 +184,9 @@ func TestRunLeavesAChunkRewrittenMeanwhile(t *testing.T) {
 		return r
 	}
 	aRec, bRec := put(a), put(b)
-	blob, w, err := c.EncodeDelta(x, []store.Base{{ID: aRec.ID, Data: a}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	xRec := index.Chunk{ID: chunker.Sum(x), Size: uint32(len(x)), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Bases: w.Bases, Depth: 1, Level: uint8(w.Level)}
-	if err := c.Store().Put(ctx, xRec.ID, blob); err != nil {
-		t.Fatal(err)
-	}
+	xRec := putDelta(t, c, x, aRec.ID, a)
 	recs = append(recs, xRec)
-	nar := &index.NAR{Preset: chunker.DefaultPreset}
-	var whole []byte
-	for i, d := range [][]byte{a, b, x} {
-		nar.Chunks = append(nar.Chunks, index.ChunkRef{ID: recs[i].ID, Offset: uint64(len(whole)), Size: uint32(len(d))})
-		whole = append(whole, d...)
-	}
-	nar.Hash, nar.Size = sha256.Sum256(whole), uint64(len(whole))
-	if err := ix.Commit(ctx, nil, nar, recs); err != nil {
-		t.Fatal(err)
-	}
+	commitNAR(t, ix, recs, [][]byte{a, b, x})
 
 	enc, _ := store.NewFrameEncoder(19, "go")
 	racer := &racingEncoder{FrameEncoder: enc, race: func() {
@@ -219,5 +238,107 @@ func TestRunLeavesAChunkRewrittenMeanwhile(t *testing.T) {
 		if data, err := c.Get(ctx, id); err != nil || chunker.Sum(data) != id {
 			t.Errorf("chunk %s does not read back: %v", id, err)
 		}
+	}
+}
+
+// With Similar, of two similar plain chunks one becomes a delta of the
+// other (the plain one of a NAR, say, whose near-copy was not recorded when
+// ingest stored it), released and reading back; a chunk whose dependents
+// would pass the depth cap stays plain; without Similar nothing becomes a
+// delta.
+func TestRunStoresSimilarChunksAsDeltas(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		similar  bool
+		maxDepth int
+	}{{"default depth", true, 0}, {"depth 1", true, 1}, {"off", false, 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			ix := indextest.SQLite(t)
+			_, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
+			// Sparse changes, for the sampled similarity keys to match.
+			text, _ := editedText()
+			edit := func(of []byte, seed uint64) []byte {
+				r := rand.New(rand.NewPCG(seed, seed))
+				out := slices.Clone(of)
+				for i := r.IntN(4096); i < len(out); i += 2048 + r.IntN(4096) {
+					out[i] = byte('A' + r.IntN(26))
+				}
+				return out
+			}
+			// a is tried first (chunks go in ID order, one job).
+			a, b := edit(text, 5), edit(text, 7)
+			if ida, idb := chunker.Sum(a), chunker.Sum(b); bytes.Compare(ida[:], idb[:]) > 0 {
+				a, b = b, a
+			}
+			x := edit(a, 6)
+			var recs []index.Chunk
+			for _, d := range [][]byte{a, b} {
+				w, err := c.Put(ctx, chunker.Sum(d), d)
+				if err != nil {
+					t.Fatal(err)
+				}
+				recs = append(recs, index.Chunk{ID: chunker.Sum(d), Size: uint32(len(d)), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Level: uint8(w.Level), Sims: ingest.SimilarityKeys(d)})
+			}
+			// x depends on a, so a may only become a delta if x may go
+			// to depth 2.
+			recs = append(recs, putDelta(t, c, x, recs[0].ID, a))
+			commitNAR(t, ix, recs, [][]byte{a, b, x})
+			enc, _ := store.NewFrameEncoder(9, "go")
+			rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc, Jobs: 1, Similar: tc.similar, MaxDepth: tc.maxDepth}, nil)
+			if err != nil || rep.Failed != 0 || rep.Chunks != 3 {
+				t.Fatalf("run: %+v, %v", rep, err)
+			}
+			got, err := ix.Chunks(ctx, []chunker.ID{recs[0].ID, recs[1].ID, recs[2].ID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var deltas []int
+			for i, g := range got[:2] {
+				if len(g.Bases) > 0 {
+					deltas = append(deltas, i)
+					if other := recs[1-i].ID; !slices.Equal(g.Bases, []chunker.ID{other}) || g.Depth != 1 || !store.Encoding(g.Encoding).IsDelta() || g.Level != 9 {
+						t.Errorf("chunk %d recorded as %+v; want a level-9 delta of chunk %d at depth 1", i, g, 1-i)
+					}
+				}
+			}
+			switch {
+			case !tc.similar && (len(deltas) != 0 || rep.Deltas != 0):
+				t.Errorf("without Similar: chunks %v became deltas", deltas)
+			case tc.similar && (len(deltas) != 1 || rep.Deltas != 1):
+				t.Errorf("with Similar: chunks %v became deltas (reported %d), want one of the two", deltas, rep.Deltas)
+			case tc.similar && tc.maxDepth == 1 && deltas[0] != 1:
+				t.Errorf("at depth 1 chunk a became a delta, taking its dependent to depth %d", got[2].Depth)
+			case tc.similar && tc.maxDepth == 0 && deltas[0] != 0:
+				t.Errorf("chunk a, tried first, did not become a delta of b")
+			}
+			// x is at depth 2 if a became a delta, else 1.
+			if want := 1; len(deltas) == 1 {
+				if deltas[0] == 0 {
+					want = 2
+				}
+				if int(got[2].Depth) != want {
+					t.Errorf("the dependent's depth is %d, want %d", got[2].Depth, want)
+				}
+			}
+			if st, err := ix.Stats(ctx); err != nil || st.Rewrites != 0 || st.Holds != 0 {
+				t.Errorf("stats %+v, %v: a rewrite left unreleased", st, err)
+			}
+			for i, r := range recs {
+				bases, err := c.BlobBases(ctx, r.ID)
+				if err != nil || !slices.Equal(bases, got[i].Bases) {
+					t.Errorf("chunk %d: blob needs bases %v (%v), record names %v", i, bases, err, got[i].Bases)
+				}
+				if blob := storetest.ReadBlob(t, c.Store(), r.ID); len(blob) != int(got[i].StoredSize) {
+					t.Errorf("chunk %d: blob of %d bytes, recorded %d", i, len(blob), got[i].StoredSize)
+				}
+				if d, err := c.Get(ctx, r.ID); err != nil || chunker.Sum(d) != r.ID {
+					t.Errorf("chunk %d does not read back: %v", i, err)
+				}
+			}
+			if rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc, Similar: tc.similar}, nil); err != nil || rep.Chunks != 0 {
+				t.Errorf("second run: %+v, %v; want nothing left", rep, err)
+			}
+		})
 	}
 }

@@ -242,13 +242,49 @@ func (c *Chunks) Recycle(blob []byte) { c.blobs.Put(&blob) }
 // EncZstdDelta, several EncZstdMultiDelta, any range EncZstdRangeDelta. The
 // caller decides whether it beats Encode by enough to keep.
 func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error) {
-	if len(bases) == 0 || len(bases) > MaxDeltaBases {
-		return nil, Written{}, fmt.Errorf("delta with %d bases: want 1 to %d", len(bases), MaxDeltaBases)
+	blob, w, dict, release, err := c.deltaHeader(bases, len(data)/4)
+	if err != nil {
+		return nil, Written{}, err
 	}
-	w := Written{Encoding: EncZstdDelta, Level: max(c.levelNum, 3)}
+	defer release()
+	w.Level = max(c.levelNum, 3)
+	blob, err = c.encodeDeltaFrame(blob, data, dict)
+	if err != nil {
+		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
+	}
+	w.StoredSize = len(blob)
+	return blob, w, nil
+}
+
+// EncodeDeltaWith is EncodeDelta with enc making the frame (recompression's
+// encoder: the zstd program at level 19), recorded at enc's level.
+func (c *Chunks) EncodeDeltaWith(ctx context.Context, data []byte, bases []Base, enc FrameEncoder) ([]byte, Written, error) {
+	blob, w, dict, release, err := c.deltaHeader(bases, 0)
+	if err != nil {
+		return nil, Written{}, err
+	}
+	defer release()
+	frame, err := enc.EncodeFrame(ctx, data, dict)
+	if err != nil {
+		return nil, Written{}, fmt.Errorf("delta encoder %s: %w", enc.Name(), err)
+	}
+	blob = append(blob, frame...)
+	w.Level, w.StoredSize = enc.Level(), len(blob)
+	return blob, w, nil
+}
+
+// deltaHeader returns the header of a delta blob against bases (with room
+// for extra bytes of frame after it), its description but for level and
+// size, and the frame's dictionary; call release once the dictionary is no
+// longer used.
+func (c *Chunks) deltaHeader(bases []Base, extra int) (blob []byte, w Written, dict []byte, release func(), err error) {
+	if len(bases) == 0 || len(bases) > MaxDeltaBases {
+		return nil, Written{}, nil, nil, fmt.Errorf("delta with %d bases: want 1 to %d", len(bases), MaxDeltaBases)
+	}
+	w = Written{Encoding: EncZstdDelta}
 	for _, b := range bases {
 		if b.Off < 0 || b.Len < 0 || b.Off+b.Len > len(b.Data) || (b.Len == 0 && b.Off != 0) {
-			return nil, Written{}, fmt.Errorf("delta base %s: range %d+%d outside its %d bytes", b.ID, b.Off, b.Len, len(b.Data))
+			return nil, Written{}, nil, nil, fmt.Errorf("delta base %s: range %d+%d outside its %d bytes", b.ID, b.Off, b.Len, len(b.Data))
 		}
 		if b.ranged() {
 			w.Encoding = EncZstdRangeDelta
@@ -257,7 +293,7 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 	if w.Encoding == EncZstdDelta && len(bases) > 1 {
 		w.Encoding = EncZstdMultiDelta
 	}
-	dict := bases[0].part()
+	dict, release = bases[0].part(), func() {}
 	if len(bases) > 1 {
 		parts := make([][]byte, len(bases))
 		for i, b := range bases {
@@ -267,9 +303,9 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 		// hold of it after the frame: its buffer goes back to the pool.
 		var pooled *[]byte
 		dict, pooled = c.joinDict(parts)
-		defer c.releaseDict(pooled, dict)
+		release = func() { c.releaseDict(pooled, dict) }
 	}
-	blob := make([]byte, 2, 3+len(bases)*(len(chunker.ID{})+2*binary.MaxVarintLen32)+len(data)/4)
+	blob = make([]byte, 2, 3+len(bases)*(len(chunker.ID{})+2*binary.MaxVarintLen32)+extra)
 	blob[0] = blobVersion
 	blob[1] = byte(w.Encoding)
 	if w.Encoding.MultiBase() {
@@ -284,12 +320,7 @@ func (c *Chunks) EncodeDelta(data []byte, bases []Base) ([]byte, Written, error)
 		}
 		w.Bases = append(w.Bases, b.ID)
 	}
-	blob, err := c.encodeDeltaFrame(blob, data, dict)
-	if err != nil {
-		return nil, Written{}, fmt.Errorf("delta encoder: %w", err)
-	}
-	w.StoredSize = len(blob)
-	return blob, w, nil
+	return blob, w, dict, release, nil
 }
 
 // encodeDeltaFrame appends to dst the zstd frame of data with dict as its

@@ -47,6 +47,7 @@ func setupBench(fs *flag.FlagSet) runFunc {
 	delta := fs.String("delta", "off", "delta encoding values to sweep: off, on or off,on")
 	normalize := fs.String("normalize", "off", "store-reference normalization values to sweep: off, on or off,on (needs --bump-paths)")
 	recompressLevels := fs.String("recompress", "0", "comma-separated zstd levels to sweep for `narstore recompress` after each bump (0: none), with the zstd program when installed")
+	rcSimilar := fs.Bool("recompress-similar", true, "with --recompress: try plain chunks as deltas of similar ones (as recompress --similar)")
 	parallel := fs.Int("parallel", 2, "configurations run at once")
 	deltaBases := fs.Int("delta-bases", 3, "for delta configurations: bases per delta chunk (as ingest --delta-bases)")
 	similar := fs.Bool("similar-search", true, "for delta configurations: store-wide similar-chunk search (as ingest --similar-search)")
@@ -70,7 +71,7 @@ func setupBench(fs *flag.FlagSet) runFunc {
 			bench.WriteTable(env.stdout, rows)
 			return bench.WriteFiles(*out, rows)
 		}
-		o := bench.Options{Parallel: *parallel, TempDir: *tmp, Progress: env.stderr, DeltaBases: *deltaBases, NoSimilarSearch: !*similar, MaxDeltaDepth: *depth, ReverseDelta: *reverse,
+		o := bench.Options{Parallel: *parallel, TempDir: *tmp, Progress: env.stderr, DeltaBases: *deltaBases, NoSimilarSearch: !*similar, RecompressPlainOnly: !*rcSimilar, MaxDeltaDepth: *depth, ReverseDelta: *reverse,
 			Prices: bench.Prices{PutPer1000: *putPrice, GetPer1000: *getPrice, GBMonth: *gbPrice}}
 		switch {
 		case *bumps != "" && *bumpPaths != "":

@@ -22,6 +22,8 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 	program := fs.String("zstd-program", "auto", "encoder: auto (the zstd program if installed, else pure Go, which stops at about level 11), exec or go")
 	jobs := fs.Int("jobs", runtime.GOMAXPROCS(0), "chunks recompressed at once")
 	limit := fs.Int("limit", 0, "stop after this many chunks (0: all); a later run continues")
+	similar := fs.Bool("similar", true, "first try each plain chunk as a delta of the most similar other plain chunk (chunks ingest stored plain because what they resemble was not recorded yet, as near-copies within one NAR)")
+	depth := fs.Int("max-delta-depth", 0, fmt.Sprintf("with --similar: longest delta chain a new delta may make, counting the chunks that depend on it (0: %d, ingest's default with reverse deltas); give ingest's --max-delta-depth if you set one", recompress.DefaultMaxDepth))
 	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
 	locks := lockFlags(fs)
 	return func(ctx context.Context, env *cmdEnv) error {
@@ -31,6 +33,9 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 		}
 		if *jobs < 1 || *limit < 0 {
 			return &exitError{code: 2, msg: "--jobs must be 1 or more and --limit 0 or more"}
+		}
+		if *depth < 0 || *depth > store.MaxDeltaDepthLimit {
+			return &exitError{code: 2, msg: fmt.Sprintf("--max-delta-depth must be 0 (the default, %d) to %d", recompress.DefaultMaxDepth, store.MaxDeltaDepthLimit)}
 		}
 		ix, chunks, err := env.openData(false, 0)
 		if err != nil {
@@ -62,11 +67,11 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 			if todoBytes > 0 && done > 0 {
 				eta = "  ETA " + (time.Duration(float64(todoBytes-done)/rate) * time.Second).Round(time.Second).String()
 			}
-			fmt.Fprintf(env.stderr, "\r\033[K%d/%d chunks (%d rewritten, %d failed)  %s -> %s  %.1f MB/s of chunk data%s",
-				p.Chunks.Load(), todo, p.Replaced.Load(), p.Failed.Load(), human(uint64(p.BytesBefore.Load())), human(uint64(p.BytesAfter.Load())),
+			fmt.Fprintf(env.stderr, "\r\033[K%d/%d chunks (%d rewritten, %d as deltas, %d failed)  %s -> %s  %.1f MB/s of chunk data%s",
+				p.Chunks.Load(), todo, p.Replaced.Load(), p.Deltas.Load(), p.Failed.Load(), human(uint64(p.BytesBefore.Load())), human(uint64(p.BytesAfter.Load())),
 				rate/1e6, eta)
 		})
-		rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: *jobs, Limit: *limit, Log: env.log}, &p)
+		rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: *jobs, Limit: *limit, Log: env.log, Similar: *similar, MaxDepth: *depth}, &p)
 		stopProgress()
 		el := time.Since(start)
 		saved := 0.0
@@ -76,6 +81,9 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 		fmt.Fprintf(env.stdout, "Recompressed %d chunks with %s in %s: %d rewritten, %d failed; %s -> %s stored (%.1f%% less), %.1f MB/s of chunk data.\n",
 			rep.Chunks, enc.Name(), el.Round(time.Millisecond), rep.Replaced, rep.Failed, human(uint64(rep.BytesBefore)), human(uint64(rep.BytesAfter)),
 			saved, float64(rep.ChunkBytes)/1e6/max(el.Seconds(), 0.001))
+		if rep.Deltas > 0 {
+			fmt.Fprintf(env.stdout, "%d of the rewritten chunks are now deltas of similar chunks.\n", rep.Deltas)
+		}
 		if rep.Changed > 0 {
 			fmt.Fprintf(env.stdout, "%d chunks were left as they were: the blobs read need delta bases the index no longer names for them, or a rewrite of them was in flight (an ingest rewriting them as reverse deltas); a later run tries them again.\n", rep.Changed)
 		}
