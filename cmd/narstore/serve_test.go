@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -295,8 +296,9 @@ func TestNixRefusesDamagedNAR(t *testing.T) {
 }
 
 // Two releases of a package that embeds store paths of its dependency and of
-// itself, ingested with normalization and delta (the ingest defaults), are
-// substituted byte-exact by the real Nix client.
+// itself, ingested with normalization and delta (the ingest defaults), and
+// recompressed (which stores a near-copy within the newest release as a
+// delta of its original), are substituted byte-exact by the real Nix client.
 func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 	nix := nixtest.NewNix(t)
 	cache := nixtest.NewCache(t, "upstream-1")
@@ -311,6 +313,9 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 		}
 		os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
 		os.WriteFile(filepath.Join(dir, "server.go"), src, 0o644)
+		// A near-copy: recompress --similar makes it a delta of the original.
+		half := len(src) / 2
+		os.WriteFile(filepath.Join(dir, "server-copy.go"), append(append(slices.Clone(src[:half]), "// copied\n"...), src[half:]...), 0o644)
 		script := strings.Repeat(fmt.Sprintf("#!%s/bin/sh\nexec /nix/store/%s-pkg-%d.0/bin/x\n", dep.StorePath, self, v), 200)
 		os.WriteFile(filepath.Join(dir, "bin", "run"), []byte(script), 0o755)
 		name := fmt.Sprintf("pkg-%d.0", v)
@@ -369,8 +374,11 @@ func TestNixSubstitutesDeltaAndNormalizedNARs(t *testing.T) {
 	}
 	// Recompressed by the zstd program: its delta frames name no dictionary.
 	testenv.LookPath(t, "zstd", "apt install zstd")
-	if out, errs, code := narstore(t, "recompress", "--data", data, "--level", "19", "--zstd-program", "exec"); code != 0 || strings.Contains(out, " 0 rewritten") {
-		t.Fatalf("recompress: exit %d\n%s\n%s", code, out, errs)
+	if out, errs, code := narstore(t, "recompress", "--data", data, "--level", "19", "--zstd-program", "exec"); code != 0 || strings.Contains(out, " 0 rewritten") || !strings.Contains(out, "now deltas of similar chunks") {
+		t.Fatalf("recompress: exit %d (want rewrites, some as deltas of similar chunks)\n%s\n%s", code, out, errs)
+	}
+	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
+		t.Fatalf("verify after recompress: %s %s", out, errs)
 	}
 	url := startServe(t, "--data", data)
 	client := filepath.Join(t.TempDir(), "client")
