@@ -167,8 +167,12 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 		go func() {
 			defer wg.Done()
 			for c := range work {
+				enc := opts.Encoder
 				if opts.Similar && len(c.Bases) == 0 {
-					saved, err := similarDelta(cctx, ix, chunks, opts.Encoder, c, maxDepth)
+					saved, plain, err := similarDelta(cctx, ix, chunks, opts.Encoder, c, maxDepth)
+					if plain != nil { // made already: not again below
+						enc = &madeFrame{FrameEncoder: enc, frame: plain}
+					}
 					if err != nil && cctx.Err() != nil {
 						return
 					}
@@ -196,7 +200,7 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 				// since the blob was read. ixErr is the index's own error
 				// (a failed replace fails only this chunk).
 				var ixErr error
-				r, err := chunks.Recode(cctx, c.ID, opts.Encoder, func(r store.Recoded, replace func() error) error {
+				r, err := chunks.Recode(cctx, c.ID, enc, func(r store.Recoded, replace func() error) error {
 					from := index.Chunk{StoredSize: uint32(r.OldSize), Encoding: uint8(r.From), Bases: r.Bases}
 					to := index.Chunk{StoredSize: uint32(r.NewSize), Encoding: uint8(r.Encoding), Level: uint8(level)}
 					var storeErr error
@@ -298,27 +302,42 @@ pages:
 	return rep, nil
 }
 
+// madeFrame is an encoder whose plain frame of the one chunk it is used for
+// was made already (by similarDelta); Recode reads it back as any other.
+type madeFrame struct {
+	store.FrameEncoder
+	frame []byte
+}
+
+func (m *madeFrame) EncodeFrame(ctx context.Context, data, dict []byte) ([]byte, error) {
+	if len(dict) == 0 {
+		return m.frame, nil
+	}
+	return m.FrameEncoder.EncodeFrame(ctx, data, dict)
+}
+
 // similarDelta tries plain chunk c as a delta, made by enc, of the most
 // similar other plain chunks the index finds by its similarity keys. It
 // returns the sizes (nil: left to recompression as it is) once the delta is
 // recorded, in place, and released; an error after the record leaves the
-// chunk in flight, its old blob reading as before.
-func similarDelta(ctx context.Context, ix Index, chunks *store.Chunks, enc store.FrameEncoder, c index.Chunk, maxDepth int) (*store.Recoded, error) {
+// chunk in flight, its old blob reading as before. plain is the chunk's
+// plain frame by enc, if it made one to compare and kept no delta.
+func similarDelta(ctx context.Context, ix Index, chunks *store.Chunks, enc store.FrameEncoder, c index.Chunk, maxDepth int) (_ *store.Recoded, plain []byte, _ error) {
 	data, err := chunks.Get(ctx, c.ID)
 	if err != nil {
-		return nil, nil // Recode reports it
+		return nil, nil, nil // Recode reports it
 	}
 	keys := ingest.SimilarityKeys(data)
 	if len(keys) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	ids, err := ix.SimilarChunks(ctx, keys, 4*similarTries)
 	if err != nil || len(ids) == 0 {
-		return nil, err
+		return nil, nil, err
 	}
 	recs, err := ix.Chunks(ctx, ids)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var (
 		best      []byte
@@ -341,35 +360,34 @@ func similarDelta(ctx context.Context, ix Index, chunks *store.Chunks, enc store
 		bases := []store.Base{{ID: r.ID, Data: bd}}
 		blob, w, err := chunks.EncodeDeltaWith(ctx, data, bases, enc)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if best == nil || w.StoredSize < bestW.StoredSize {
 			best, bestW, bestBases = blob, w, bases
 		}
 	}
 	if best == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
-	plain, err := enc.EncodeFrame(ctx, data, nil)
-	if err != nil {
-		return nil, err
+	if plain, err = enc.EncodeFrame(ctx, data, nil); err != nil {
+		return nil, nil, err
 	}
 	if float64(bestW.StoredSize) > (1-similarMargin)*float64(min(len(plain)+2, int(c.StoredSize))) {
-		return nil, nil
+		return nil, plain, nil
 	}
 	if err := chunks.CheckDelta(ctx, c.ID, best, bestBases); err != nil {
-		return nil, err
+		return nil, plain, err
 	}
 	rec := index.Chunk{ID: c.ID, Size: c.Size, StoredSize: uint32(bestW.StoredSize), Encoding: uint8(bestW.Encoding), Bases: bestW.Bases, Level: uint8(bestW.Level)}
 	rs, err := ix.Rebase(ctx, []index.Rewrite{{C: rec, Old: c}}, maxDepth)
 	if err != nil || rs[0] != index.Rebased {
-		return nil, err // stale or too deep: recompressed plain instead
+		return nil, plain, err // stale or too deep: recompressed plain instead
 	}
 	if err := chunks.Replace(ctx, []store.Blob{{ID: c.ID, Data: best}}); err != nil {
-		return nil, fmt.Errorf("replace with its delta: %w", err)
+		return nil, nil, fmt.Errorf("replace with its delta: %w", err)
 	}
 	if err := ix.ReleaseHolds(ctx, []chunker.ID{c.ID}); err != nil {
-		return nil, fmt.Errorf("release: %w", err)
+		return nil, nil, fmt.Errorf("release: %w", err)
 	}
-	return &store.Recoded{From: store.Encoding(c.Encoding), Encoding: bestW.Encoding, Bases: bestW.Bases, OldSize: int(c.StoredSize), NewSize: bestW.StoredSize, Replaced: true}, nil
+	return &store.Recoded{From: store.Encoding(c.Encoding), Encoding: bestW.Encoding, Bases: bestW.Bases, OldSize: int(c.StoredSize), NewSize: bestW.StoredSize, Replaced: true}, nil, nil
 }
