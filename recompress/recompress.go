@@ -3,9 +3,9 @@
 // ingest, 1 for pull-through), and the chunks get the zstd program's level 19
 // later, when nobody waits for them.
 //
-// A chunk keeps its ID, bytes, encoding kind and delta bases, so NARs, delta
-// chains and everything else that names it are unaffected; only its blob
-// shrinks. Each new blob is decoded by the read path's decoders and compared
+// A chunk keeps its ID, bytes, encoding kind and delta bases (unless
+// Options.Similar makes a plain one a delta, below), so NARs, delta chains
+// and everything else that names it are unaffected; only its blob shrinks. Each new blob is decoded by the read path's decoders and compared
 // with the chunk's verified bytes before it replaces the old one (atomically,
 // store.Replacer), and the index then records the new level and size. A crash
 // between the two leaves a good blob whose record still says the old level:
@@ -25,7 +25,8 @@
 // Such a rewrite goes the way of a reverse delta: the new base is recorded
 // first (index.Index.Rebase, which takes it only while the base is plain and
 // every chain through the chunk stays within the depth cap), then the blob
-// is replaced, then the hold on nothing is released (ReleaseHolds).
+// is replaced, then the rewrite is released (ReleaseHolds: a plain chunk's
+// old blob needs no bases, so only its in-flight mark goes).
 //
 // Rewrites must not interleave with deletions of the same chunk; callers hold
 // the "maintenance" lock (MaintenanceLock) that any GC also takes.
