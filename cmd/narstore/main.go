@@ -44,7 +44,7 @@ var commands = []command{
 	{"stats", "stats [--json]", "show stored NARs, chunks, bytes and dedup ratios", setupStats},
 	{"verify", "verify", "re-read every stored NAR from its chunks and check its NarHash", setupVerify},
 	{"bench", "bench --bumps DIR1,DIR2,... --out OUTDIR [--presets ...] [--levels ...]", "sweep chunker presets and zstd levels over channel bumps: stored bytes, objects, costs, throughput", setupBench},
-	{"recompress", "recompress [--level 19] [--jobs N]", "rewrite stored chunks at a stronger zstd level in the background (same bytes, smaller blobs)", setupRecompress},
+	{"recompress", "recompress [--level 19] [--jobs N]", "rewrite stored chunks at a stronger zstd level in the background, plain ones that resemble others as deltas of them (same bytes, smaller blobs)", setupRecompress},
 	{"migrate", "migrate --to-database-url URL --to-storage URL", "copy this cache (index and chunks) into another, e.g. SQLite + directory to PostgreSQL + S3; resumable", setupMigrate},
 	{"serve", "serve [flags]", "serve the store as a Nix binary cache (substituter), optionally pulling through from an upstream", setupServe},
 }
