@@ -51,6 +51,8 @@ type statsJSON struct {
 	Chunks            int64   `json:"chunks"`
 	StoredBytes       uint64  `json:"stored_bytes"`
 	StoredPerUpstream float64 `json:"stored_per_upstream"`
+	Rewrites          int64   `json:"rewrites_unreleased"`
+	Holds             int64   `json:"bases_held"`
 	Depths            []struct {
 		Depth       int    `json:"depth"`
 		Chunks      int64  `json:"chunks"`

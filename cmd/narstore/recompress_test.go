@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -189,5 +190,56 @@ func TestRecompressDuringIngest(t *testing.T) {
 	}
 	if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
 		t.Fatalf("verify: %s %s", out, errs)
+	}
+}
+
+// Four releases of a package holding a near-copy of one of its files,
+// ingested with reverse deltas (the default) and recompressed after each:
+// recompression makes near-copies in the newest release deltas of their
+// originals, and the next ingest rewrites that release, those deltas
+// included, as deltas of the release after it. Every NAR verifies after
+// every step, and no rewrite is left unreleased.
+func TestRecompressSimilarBetweenReverseBumps(t *testing.T) {
+	cache := nixtest.NewCache(t, "up-1")
+	src, err := os.ReadFile(filepath.Join(nixtest.GoRoot(t, "src/net/http"), "server.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	for v := 1; v <= 4; v++ {
+		dir := t.TempDir()
+		rel := slices.Clone(src)
+		for i := 300 * v; i+8 < len(rel); i += 24 << 10 {
+			copy(rel[i:], fmt.Sprintf("release%d", v))
+		}
+		half := len(rel) / 2
+		os.WriteFile(filepath.Join(dir, "server.go"), rel, 0o644)
+		os.WriteFile(filepath.Join(dir, "server-copy.go"), append(append(slices.Clone(rel[:half]), fmt.Sprintf("// copy %d\n", v)...), rel[half:]...), 0o644)
+		ni := cache.Add(t, nixtest.Path{Name: fmt.Sprintf("srv-%d.0", v), NAR: nixtest.DumpPath(t, dir), Compression: "zstd"})
+		out, errs, code := narstore(t, "ingest", "--data", data, "--upstream", cache.URL(), "--trusted-public-key", cache.PublicKey.String(),
+			"--preset", "fastcdc-16k-64k-256k", "--zstd-level", "1", ni.StorePath)
+		if code != 0 {
+			t.Fatalf("ingest release %d: %s", v, errs)
+		}
+		if v > 1 && !strings.Contains(out, "Reverse deltas: ") {
+			t.Errorf("ingest release %d: no reverse deltas reported\n%s", v, out)
+		}
+		if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
+			t.Fatalf("verify after ingest of release %d: %s %s", v, out, errs)
+		}
+		out, errs, code = narstore(t, "recompress", "--data", data, "--level", "9", "--zstd-program", "go")
+		if code != 0 {
+			t.Fatalf("recompress after release %d: %s %s", v, out, errs)
+		}
+		var n int
+		if _, err := fmt.Sscanf(out[strings.Index(out, "\n")+1:], "%d of the rewritten chunks are now deltas of similar chunks", &n); err != nil || n < 1 {
+			t.Errorf("recompress after release %d made no similar-chunk delta of its near-copy\n%s", v, out)
+		}
+		if out, errs, code := narstore(t, "verify", "--data", data); code != 0 {
+			t.Fatalf("verify after recompress of release %d: %s %s", v, out, errs)
+		}
+		if st := stats(t, data); st.Rewrites != 0 || st.Holds != 0 {
+			t.Errorf("after release %d: %d rewrites unreleased, %d bases held", v, st.Rewrites, st.Holds)
+		}
 	}
 }
