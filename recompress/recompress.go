@@ -5,8 +5,9 @@
 //
 // A chunk keeps its ID, bytes, encoding kind and delta bases (unless
 // Options.Similar makes a plain one a delta, below), so NARs, delta chains
-// and everything else that names it are unaffected; only its blob shrinks. Each new blob is decoded by the read path's decoders and compared
-// with the chunk's verified bytes before it replaces the old one (atomically,
+// and everything else that names it are unaffected; only its blob shrinks.
+// Each new blob is decoded by the read path's decoders and compared with
+// the chunk's verified bytes before it replaces the old one (atomically,
 // store.Replacer), and the index then records the new level and size. A crash
 // between the two leaves a good blob whose record still says the old level:
 // the next run does it again. The replace happens inside the index
@@ -178,9 +179,11 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 						return
 					}
 					if err != nil {
-						// The record names the new base, the blob is the
-						// old one: it reads as before. Recode below
-						// leaves it to a later run (in flight).
+						// Before the record, nothing changed. After it
+						// (the replace or the release failed) the record
+						// names the new base and the blob, old or new,
+						// reads as before; Recode below finds the chunk in
+						// flight and leaves it to a later run.
 						log.Warn("recompress: delta of a similar chunk", "chunk_id", c.ID, "err", err)
 					}
 					if saved != nil {
