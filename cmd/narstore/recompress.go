@@ -23,7 +23,7 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 	jobs := fs.Int("jobs", runtime.GOMAXPROCS(0), "chunks recompressed at once")
 	limit := fs.Int("limit", 0, "stop after this many chunks (0: all); a later run continues")
 	similar := fs.Bool("similar", true, "first try each plain chunk as a delta of the most similar other plain chunk (chunks ingest stored plain because what they resemble was not recorded yet, as near-copies within one NAR)")
-	depth := fs.Int("max-delta-depth", 0, fmt.Sprintf("with --similar: longest delta chain a new delta may make, counting the chunks that depend on it (0: %d, ingest's default with reverse deltas); give ingest's --max-delta-depth if you set one", recompress.DefaultMaxDepth))
+	depth := fs.Int("max-delta-depth", 0, fmt.Sprintf("with --similar: longest delta chain a new delta may make, counting the chunks that depend on it (0: %d, ingest's default with reverse deltas); give ingest's cap if it differs (--max-delta-depth, or 3 with --reverse-delta=false)", recompress.DefaultMaxDepth))
 	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
 	locks := lockFlags(fs)
 	return func(ctx context.Context, env *cmdEnv) error {
