@@ -71,6 +71,10 @@ type Index interface {
 // (ingest.DefaultReverseDeltaDepth).
 const DefaultMaxDepth = ingest.DefaultReverseDeltaDepth
 
+// AllLevels is above every zstd level: ChunksBelowLevel(AllLevels) lists
+// every chunk.
+const AllLevels = 23
+
 // similarMargin is how much smaller than the chunk recompressed plain a
 // delta of a similar chunk must be to be kept: ingest's default margin.
 const similarMargin = 0.2
@@ -97,6 +101,11 @@ type Options struct {
 	// DefaultMaxDepth).
 	Similar  bool
 	MaxDepth int
+	// SimilarAll (with Similar) also tries plain chunks already at the
+	// level, recompressed by a release without Similar, for their
+	// similar-chunk deltas only; once, after upgrading, since every run
+	// with it tries them all again.
+	SimilarAll bool
 }
 
 // Progress counts what Run did so far; safe to read while it runs.
@@ -143,6 +152,10 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 		log = slog.New(slog.DiscardHandler)
 	}
 	level := opts.Encoder.Level()
+	walkLevel := level
+	if opts.Similar && opts.SimilarAll {
+		walkLevel = AllLevels
+	}
 	maxDepth := opts.MaxDepth
 	if maxDepth <= 0 {
 		maxDepth = DefaultMaxDepth
@@ -170,6 +183,9 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 			defer wg.Done()
 			for c := range work {
 				enc := opts.Encoder
+				// At the level already (SimilarAll): a plain chunk whose
+				// similar-chunk delta is all there is to try.
+				done := int(c.Level) >= level
 				if opts.Similar && len(c.Bases) == 0 {
 					saved, plain, err := similarDelta(cctx, ix, chunks, opts.Encoder, c, maxDepth)
 					if plain != nil { // made already: not again below
@@ -198,6 +214,13 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 						}
 						continue
 					}
+				}
+				if done {
+					p.Chunks.Add(1)
+					p.ChunkBytes.Add(int64(c.Size))
+					p.BytesBefore.Add(int64(c.StoredSize))
+					p.BytesAfter.Add(int64(c.StoredSize))
+					continue
 				}
 				// The replace happens inside the index's transaction, so
 				// it cannot overwrite a reverse-delta rewrite recorded
@@ -262,7 +285,7 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 	var walkErr error
 pages:
 	for {
-		ids, err := ix.ChunksBelowLevel(cctx, level, after, pageSize)
+		ids, err := ix.ChunksBelowLevel(cctx, walkLevel, after, pageSize)
 		if err != nil {
 			walkErr = err
 			break
@@ -278,6 +301,9 @@ pages:
 		}
 		for _, c := range recs {
 			if c.ID.IsZero() { // gone meanwhile
+				continue
+			}
+			if int(c.Level) >= level && len(c.Bases) > 0 { // SimilarAll: a delta at the level
 				continue
 			}
 			if opts.Limit > 0 && n >= opts.Limit {

@@ -245,13 +245,15 @@ func TestRunLeavesAChunkRewrittenMeanwhile(t *testing.T) {
 // other (the plain one of a NAR, say, whose near-copy was not recorded when
 // ingest stored it), released and reading back; a chunk whose dependents
 // would pass the depth cap stays plain; without Similar nothing becomes a
-// delta.
+// delta. A store recompressed without Similar gets its deltas from a run
+// with SimilarAll, not from one without.
 func TestRunStoresSimilarChunksAsDeltas(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		similar  bool
 		maxDepth int
-	}{{"default depth", true, 0}, {"depth 1", true, 1}, {"off", false, 0}} {
+		upgrade  bool // recompressed without Similar first
+	}{{"default depth", true, 0, false}, {"depth 1", true, 1, false}, {"off", false, 0, false}, {"upgrade", true, 0, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			ix := indextest.SQLite(t)
@@ -285,9 +287,21 @@ func TestRunStoresSimilarChunksAsDeltas(t *testing.T) {
 			recs = append(recs, putDelta(t, c, x, recs[0].ID, a))
 			commitNAR(t, ix, recs, [][]byte{a, b, x})
 			enc, _ := store.NewFrameEncoder(9, "go")
-			rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc, Jobs: 1, Similar: tc.similar, MaxDepth: tc.maxDepth}, nil)
-			if err != nil || rep.Failed != 0 || rep.Chunks != 3 {
-				t.Fatalf("run: %+v, %v", rep, err)
+			opts := recompress.Options{Encoder: enc, Jobs: 1, Similar: tc.similar, MaxDepth: tc.maxDepth}
+			tried := int64(3)
+			if tc.upgrade {
+				if rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc}, nil); err != nil || rep.Chunks != 3 || rep.Deltas != 0 {
+					t.Fatalf("run without Similar: %+v, %v", rep, err)
+				}
+				if rep, err := recompress.Run(ctx, ix, c, opts, nil); err != nil || rep.Chunks != 0 {
+					t.Fatalf("run with Similar after it: %+v, %v; want nothing below the level", rep, err)
+				}
+				// a and b are tried again; x, a delta at the level, is not.
+				opts.SimilarAll, tried = true, 2
+			}
+			rep, err := recompress.Run(ctx, ix, c, opts, nil)
+			if err != nil || rep.Failed != 0 || rep.Chunks != tried {
+				t.Fatalf("run: %+v, %v; want %d chunks tried", rep, err, tried)
 			}
 			got, err := ix.Chunks(ctx, []chunker.ID{recs[0].ID, recs[1].ID, recs[2].ID})
 			if err != nil {
@@ -338,6 +352,15 @@ func TestRunStoresSimilarChunksAsDeltas(t *testing.T) {
 			}
 			if rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc, Similar: tc.similar}, nil); err != nil || rep.Chunks != 0 {
 				t.Errorf("second run: %+v, %v; want nothing left", rep, err)
+			}
+			if !tc.upgrade {
+				return
+			}
+			// Again with SimilarAll: b, still plain, is tried, and is not
+			// made a delta of a, which has a base now.
+			opts.SimilarAll = true
+			if rep, err := recompress.Run(ctx, ix, c, opts, nil); err != nil || rep.Chunks != 1 || rep.Deltas != 0 || rep.Replaced != 0 {
+				t.Errorf("SimilarAll again: %+v, %v; want b tried and left", rep, err)
 			}
 		})
 	}

@@ -23,6 +23,7 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 	jobs := fs.Int("jobs", runtime.GOMAXPROCS(0), "chunks recompressed at once")
 	limit := fs.Int("limit", 0, "stop after this many chunks (0: all); a later run continues")
 	similar := fs.Bool("similar", true, "first try each plain chunk as a delta of the most similar other plain chunk (chunks ingest stored plain because what they resemble was not recorded yet, as near-copies within one NAR)")
+	similarAll := fs.Bool("similar-all", false, "with --similar: also try the plain chunks already at --level (recompressed by a release without --similar); run once after upgrading, since every run with it tries them all again")
 	depth := fs.Int("max-delta-depth", 0, fmt.Sprintf("with --similar: longest delta chain a new delta may make, counting the chunks that depend on it (0: %d, ingest's default with reverse deltas); give ingest's cap if it differs (--max-delta-depth, or 3 with --reverse-delta=false)", recompress.DefaultMaxDepth))
 	progress := fs.String("progress", "auto", "progress display on stderr: auto (when stderr is a terminal), always or never")
 	locks := lockFlags(fs)
@@ -33,6 +34,9 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 		}
 		if *jobs < 1 || *limit < 0 {
 			return &exitError{code: 2, msg: "--jobs must be 1 or more and --limit 0 or more"}
+		}
+		if *similarAll && !*similar {
+			return &exitError{code: 2, msg: "--similar-all needs --similar"}
 		}
 		if *depth < 0 || *depth > store.MaxDeltaDepthLimit {
 			return &exitError{code: 2, msg: fmt.Sprintf("--max-delta-depth must be 0 (the default, %d) to %d", recompress.DefaultMaxDepth, store.MaxDeltaDepthLimit)}
@@ -50,7 +54,11 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 		if enc.Level() < *level {
 			fmt.Fprintf(env.stderr, "narstore: no zstd program on PATH; recompressing at the pure-Go encoder's level %d instead of %d (install zstd for more)\n", enc.Level(), *level)
 		}
-		todo, todoBytes, err := ix.CountBelowLevel(ctx, enc.Level())
+		walkLevel := enc.Level()
+		if *similarAll {
+			walkLevel = recompress.AllLevels
+		}
+		todo, todoBytes, err := ix.CountBelowLevel(ctx, walkLevel)
 		if err != nil {
 			return err
 		}
@@ -71,7 +79,7 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 				p.Chunks.Load(), todo, p.Replaced.Load(), p.Deltas.Load(), p.Failed.Load(), human(uint64(p.BytesBefore.Load())), human(uint64(p.BytesAfter.Load())),
 				rate/1e6, eta)
 		})
-		rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: *jobs, Limit: *limit, Log: env.log, Similar: *similar, MaxDepth: *depth}, &p)
+		rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: *jobs, Limit: *limit, Log: env.log, Similar: *similar, SimilarAll: *similarAll, MaxDepth: *depth}, &p)
 		stopProgress()
 		el := time.Since(start)
 		saved := 0.0

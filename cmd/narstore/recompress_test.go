@@ -137,7 +137,7 @@ func TestRecompressReportsDamagedChunks(t *testing.T) {
 func TestRecompressUsageErrors(t *testing.T) {
 	data := recompressFixture(t)
 	for _, args := range [][]string{
-		{"--level", "0"}, {"--level", "23"}, {"--zstd-program", "gzip"}, {"--jobs", "0"}, {"--limit", "-1"}, {"--max-delta-depth", "-1"}, {"--max-delta-depth", "99"},
+		{"--level", "0"}, {"--level", "23"}, {"--zstd-program", "gzip"}, {"--jobs", "0"}, {"--limit", "-1"}, {"--max-delta-depth", "-1"}, {"--max-delta-depth", "99"}, {"--similar=false", "--similar-all"},
 	} {
 		_, errs, code := narstore(t, append([]string{"recompress", "--data", data}, args...)...)
 		if code != 2 || errs == "" {
