@@ -16,6 +16,7 @@ import (
 	"github.com/narstore/narstore/index/indextest"
 	"github.com/narstore/narstore/ingest"
 	"github.com/narstore/narstore/internal/narinfo"
+	"github.com/narstore/narstore/internal/testservers"
 	"github.com/narstore/narstore/recompress"
 	"github.com/narstore/narstore/store"
 	"github.com/narstore/narstore/store/storetest"
@@ -248,120 +249,138 @@ func TestRunLeavesAChunkRewrittenMeanwhile(t *testing.T) {
 // delta. A store recompressed without Similar gets its deltas from a run
 // with SimilarAll, not from one without.
 func TestRunStoresSimilarChunksAsDeltas(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		similar  bool
-		maxDepth int
-		upgrade  bool // recompressed without Similar first
-	}{{"default depth", true, 0, false}, {"depth 1", true, 1, false}, {"off", false, 0, false}, {"upgrade", true, 0, true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx := context.Background()
-			ix := indextest.SQLite(t)
-			_, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
-			// Sparse changes, for the sampled similarity keys to match.
-			text, _ := editedText()
-			edit := func(of []byte, seed uint64) []byte {
-				r := rand.New(rand.NewPCG(seed, seed))
-				out := slices.Clone(of)
-				for i := r.IntN(4096); i < len(out); i += 2048 + r.IntN(4096) {
-					out[i] = byte('A' + r.IntN(26))
-				}
-				return out
-			}
-			// a is tried first (chunks go in ID order, one job).
-			a, b := edit(text, 5), edit(text, 7)
-			if ida, idb := chunker.Sum(a), chunker.Sum(b); bytes.Compare(ida[:], idb[:]) > 0 {
-				a, b = b, a
-			}
-			x := edit(a, 6)
-			var recs []index.Chunk
-			for _, d := range [][]byte{a, b} {
-				w, err := c.Put(ctx, chunker.Sum(d), d)
-				if err != nil {
-					t.Fatal(err)
-				}
-				recs = append(recs, index.Chunk{ID: chunker.Sum(d), Size: uint32(len(d)), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Level: uint8(w.Level), Sims: ingest.SimilarityKeys(d)})
-			}
-			// x depends on a, so a may only become a delta if x may go
-			// to depth 2.
-			recs = append(recs, putDelta(t, c, x, recs[0].ID, a))
-			commitNAR(t, ix, recs, [][]byte{a, b, x})
-			enc, _ := store.NewFrameEncoder(9, "go")
-			opts := recompress.Options{Encoder: enc, Jobs: 1, Similar: tc.similar, MaxDepth: tc.maxDepth}
-			tried := int64(3)
-			if tc.upgrade {
-				if rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc}, nil); err != nil || rep.Chunks != 3 || rep.Deltas != 0 {
-					t.Fatalf("run without Similar: %+v, %v", rep, err)
-				}
-				if rep, err := recompress.Run(ctx, ix, c, opts, nil); err != nil || rep.Chunks != 0 {
-					t.Fatalf("run with Similar after it: %+v, %v; want nothing below the level", rep, err)
-				}
-				// a and b are tried again; x, a delta at the level, is not.
-				opts.SimilarAll, tried = true, 2
-			}
-			rep, err := recompress.Run(ctx, ix, c, opts, nil)
-			if err != nil || rep.Failed != 0 || rep.Chunks != tried {
-				t.Fatalf("run: %+v, %v; want %d chunks tried", rep, err, tried)
-			}
-			got, err := ix.Chunks(ctx, []chunker.ID{recs[0].ID, recs[1].ID, recs[2].ID})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var deltas []int
-			for i, g := range got[:2] {
-				if len(g.Bases) > 0 {
-					deltas = append(deltas, i)
-					if other := recs[1-i].ID; !slices.Equal(g.Bases, []chunker.ID{other}) || g.Depth != 1 || !store.Encoding(g.Encoding).IsDelta() || g.Level != 9 {
-						t.Errorf("chunk %d recorded as %+v; want a level-9 delta of chunk %d at depth 1", i, g, 1-i)
-					}
-				}
-			}
-			switch {
-			case !tc.similar && (len(deltas) != 0 || rep.Deltas != 0):
-				t.Errorf("without Similar: chunks %v became deltas", deltas)
-			case tc.similar && (len(deltas) != 1 || rep.Deltas != 1):
-				t.Errorf("with Similar: chunks %v became deltas (reported %d), want one of the two", deltas, rep.Deltas)
-			case tc.similar && tc.maxDepth == 1 && deltas[0] != 1:
-				t.Errorf("at depth 1 chunk a became a delta, taking its dependent to depth %d", got[2].Depth)
-			case tc.similar && tc.maxDepth == 0 && deltas[0] != 0:
-				t.Errorf("chunk a, tried first, did not become a delta of b")
-			}
-			// x is at depth 2 if a became a delta, else 1.
-			if want := 1; len(deltas) == 1 {
-				if deltas[0] == 0 {
-					want = 2
-				}
-				if int(got[2].Depth) != want {
-					t.Errorf("the dependent's depth is %d, want %d", got[2].Depth, want)
-				}
-			}
-			if st, err := ix.Stats(ctx); err != nil || st.Rewrites != 0 || st.Holds != 0 {
-				t.Errorf("stats %+v, %v: a rewrite left unreleased", st, err)
-			}
-			for i, r := range recs {
-				bases, err := c.BlobBases(ctx, r.ID)
-				if err != nil || !slices.Equal(bases, got[i].Bases) {
-					t.Errorf("chunk %d: blob needs bases %v (%v), record names %v", i, bases, err, got[i].Bases)
-				}
-				if blob := storetest.ReadBlob(t, c.Store(), r.ID); len(blob) != int(got[i].StoredSize) {
-					t.Errorf("chunk %d: blob of %d bytes, recorded %d", i, len(blob), got[i].StoredSize)
-				}
-				if d, err := c.Get(ctx, r.ID); err != nil || chunker.Sum(d) != r.ID {
-					t.Errorf("chunk %d does not read back: %v", i, err)
-				}
-			}
-			if rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc, Similar: tc.similar}, nil); err != nil || rep.Chunks != 0 {
-				t.Errorf("second run: %+v, %v; want nothing left", rep, err)
-			}
-			if !tc.upgrade {
-				return
-			}
-			// Again with SimilarAll: b, still plain, is tried, and is not
-			// made a delta of a, which has a base now.
-			opts.SimilarAll = true
-			if rep, err := recompress.Run(ctx, ix, c, opts, nil); err != nil || rep.Chunks != 1 || rep.Deltas != 0 || rep.Replaced != 0 {
-				t.Errorf("SimilarAll again: %+v, %v; want b tried and left", rep, err)
-			}
-		})
+	for _, tc := range []similarCase{{"default depth", true, 0, false}, {"depth 1", true, 1, false}, {"off", false, 0, false}, {"upgrade", true, 0, true}} {
+		for _, backend := range []string{"sqlite", "postgres"} {
+			t.Run(backend+"/"+tc.name, func(t *testing.T) { testSimilarChunks(t, backend, tc) })
+		}
 	}
 }
+
+type similarCase struct {
+	name     string
+	similar  bool
+	maxDepth int
+	upgrade  bool // recompressed without Similar first
+}
+
+func testSimilarChunks(t *testing.T, backend string, tc similarCase) {
+	ctx := context.Background()
+	var ix index.Index
+	if backend == "postgres" {
+		pg, err := index.OpenPostgres(ctx, testservers.Postgres(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pg.Close() })
+		ix = pg
+	} else {
+		ix = indextest.SQLite(t)
+	}
+	_, c := storetest.Chunks(t, store.ChunksOptions{Level: 1})
+	// Sparse changes, for the sampled similarity keys to match.
+	text, _ := editedText()
+	edit := func(of []byte, seed uint64) []byte {
+		r := rand.New(rand.NewPCG(seed, seed))
+		out := slices.Clone(of)
+		for i := r.IntN(4096); i < len(out); i += 2048 + r.IntN(4096) {
+			out[i] = byte('A' + r.IntN(26))
+		}
+		return out
+	}
+	// a is tried first (chunks go in ID order, one job).
+	a, b := edit(text, 5), edit(text, 7)
+	if ida, idb := chunker.Sum(a), chunker.Sum(b); bytes.Compare(ida[:], idb[:]) > 0 {
+		a, b = b, a
+	}
+	x := edit(a, 6)
+	var recs []index.Chunk
+	for _, d := range [][]byte{a, b} {
+		w, err := c.Put(ctx, chunker.Sum(d), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, index.Chunk{ID: chunker.Sum(d), Size: uint32(len(d)), StoredSize: uint32(w.StoredSize), Encoding: uint8(w.Encoding), Level: uint8(w.Level), Sims: ingest.SimilarityKeys(d)})
+	}
+	// x depends on a, so a may only become a delta if x may go
+	// to depth 2.
+	recs = append(recs, putDelta(t, c, x, recs[0].ID, a))
+	commitNAR(t, ix, recs, [][]byte{a, b, x})
+	enc, _ := store.NewFrameEncoder(9, "go")
+	opts := recompress.Options{Encoder: enc, Jobs: 1, Similar: tc.similar, MaxDepth: tc.maxDepth}
+	tried := int64(3)
+	if tc.upgrade {
+		if rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc}, nil); err != nil || rep.Chunks != 3 || rep.Deltas != 0 {
+			t.Fatalf("run without Similar: %+v, %v", rep, err)
+		}
+		if rep, err := recompress.Run(ctx, ix, c, opts, nil); err != nil || rep.Chunks != 0 {
+			t.Fatalf("run with Similar after it: %+v, %v; want nothing below the level", rep, err)
+		}
+		// a and b are tried again; x, a delta at the level, is not.
+		opts.SimilarAll, tried = true, 2
+	}
+	rep, err := recompress.Run(ctx, ix, c, opts, nil)
+	if err != nil || rep.Failed != 0 || rep.Chunks != tried {
+		t.Fatalf("run: %+v, %v; want %d chunks tried", rep, err, tried)
+	}
+	got, err := ix.Chunks(ctx, []chunker.ID{recs[0].ID, recs[1].ID, recs[2].ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deltas []int
+	for i, g := range got[:2] {
+		if len(g.Bases) > 0 {
+			deltas = append(deltas, i)
+			if other := recs[1-i].ID; !slices.Equal(g.Bases, []chunker.ID{other}) || g.Depth != 1 || !store.Encoding(g.Encoding).IsDelta() || g.Level != 9 {
+				t.Errorf("chunk %d recorded as %+v; want a level-9 delta of chunk %d at depth 1", i, g, 1-i)
+			}
+		}
+	}
+	switch {
+	case !tc.similar && (len(deltas) != 0 || rep.Deltas != 0):
+		t.Errorf("without Similar: chunks %v became deltas", deltas)
+	case tc.similar && (len(deltas) != 1 || rep.Deltas != 1):
+		t.Errorf("with Similar: chunks %v became deltas (reported %d), want one of the two", deltas, rep.Deltas)
+	case tc.similar && tc.maxDepth == 1 && deltas[0] != 1:
+		t.Errorf("at depth 1 chunk a became a delta, taking its dependent to depth %d", got[2].Depth)
+	case tc.similar && tc.maxDepth == 0 && deltas[0] != 0:
+		t.Errorf("chunk a, tried first, did not become a delta of b")
+	}
+	// x is at depth 2 if a became a delta, else 1.
+	if want := 1; len(deltas) == 1 {
+		if deltas[0] == 0 {
+			want = 2
+		}
+		if int(got[2].Depth) != want {
+			t.Errorf("the dependent's depth is %d, want %d", got[2].Depth, want)
+		}
+	}
+	if st, err := ix.Stats(ctx); err != nil || st.Rewrites != 0 || st.Holds != 0 {
+		t.Errorf("stats %+v, %v: a rewrite left unreleased", st, err)
+	}
+	for i, r := range recs {
+		bases, err := c.BlobBases(ctx, r.ID)
+		if err != nil || !slices.Equal(bases, got[i].Bases) {
+			t.Errorf("chunk %d: blob needs bases %v (%v), record names %v", i, bases, err, got[i].Bases)
+		}
+		if blob := storetest.ReadBlob(t, c.Store(), r.ID); len(blob) != int(got[i].StoredSize) {
+			t.Errorf("chunk %d: blob of %d bytes, recorded %d", i, len(blob), got[i].StoredSize)
+		}
+		if d, err := c.Get(ctx, r.ID); err != nil || chunker.Sum(d) != r.ID {
+			t.Errorf("chunk %d does not read back: %v", i, err)
+		}
+	}
+	if rep, err := recompress.Run(ctx, ix, c, recompress.Options{Encoder: enc, Similar: tc.similar}, nil); err != nil || rep.Chunks != 0 {
+		t.Errorf("second run: %+v, %v; want nothing left", rep, err)
+	}
+	if !tc.upgrade {
+		return
+	}
+	// Again with SimilarAll: b, still plain, is tried, and is not
+	// made a delta of a, which has a base now.
+	opts.SimilarAll = true
+	if rep, err := recompress.Run(ctx, ix, c, opts, nil); err != nil || rep.Chunks != 1 || rep.Deltas != 0 || rep.Replaced != 0 {
+		t.Errorf("SimilarAll again: %+v, %v; want b tried and left", rep, err)
+	}
+}
+
+func TestMain(m *testing.M) { testservers.Main(m) }
