@@ -567,9 +567,9 @@ func TestClusterReverseDeltas(t *testing.T) {
 	}
 	readAllAndVerify(t, c, nis)
 
-	// A recompression, on PostgreSQL and S3 under the Redis maintenance
-	// lock, while a fourth release is pulled through and the third is
-	// rewritten as deltas of it: every release still reads whole from
+	// A recompression (with its similar-chunk deltas), on PostgreSQL and S3
+	// under the Redis maintenance lock, while a fourth release is pulled
+	// through and the third is rewritten as deltas of it: every release still reads whole from
 	// either instance, every rewrite is released, and verify finds every
 	// base a blob needs named.
 	before := deltaCount(t, ix)
@@ -578,6 +578,12 @@ func TestClusterReverseDeltas(t *testing.T) {
 		out, errs, code := narstore(t, append([]string{"recompress", "--data", t.TempDir(), "--jobs", "2", "--progress", "never"}, c.args...)...)
 		if code != 0 {
 			recompressed <- fmt.Errorf("recompress: exit %d\n%s%s", code, out, errs)
+			return
+		}
+		// Its similar-chunk deltas are rewrites too, recorded while the
+		// ingest records its own.
+		if !strings.Contains(out, "now deltas of similar chunks") {
+			recompressed <- fmt.Errorf("recompress made no similar-chunk deltas:\n%s", out)
 			return
 		}
 		recompressed <- nil
