@@ -245,10 +245,11 @@ func (p *Postgres) CountBelowLevel(ctx context.Context, level int) (chunks, byte
 // Rebase locks it) until the transaction ends.
 func (p *Postgres) Recode(ctx context.Context, id chunker.ID, from, to Chunk, replace func() error) error {
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT 1 FROM chunks WHERE id = $1 FOR UPDATE`, id[:]); err != nil {
+		r := pgRebase{ctx, tx, p.now()}
+		if err := r.lock([]chunker.ID{id}); err != nil {
 			return err
 		}
-		if err := checkRecode(pgRebase{ctx, tx, p.now()}, id, from); err != nil {
+		if err := checkRecode(r, id, from); err != nil {
 			return err
 		}
 		if replace != nil {

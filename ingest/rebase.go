@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -302,45 +303,73 @@ func (f *rebaseFlusher) done(saved int64) {
 	f.in.Progress.RebaseSaved.Add(saved)
 }
 
-// rewriteBlobs records rws in the index (one transaction), replaces the
-// blobs of those it recorded (one store call) and then releases the holds
-// on their old blobs' bases, in that order. A failed
-// replace is an error: the blobs are then the old or the new ones, each
-// reading as before, and the records name the new bases, which only keeps
-// them from deletion.
+// rewriteBlobs is RewriteBlobs for rws, at the ingest's depth cap; a
+// failed release is only logged.
 func (in *Ingester) rewriteBlobs(ctx context.Context, rws []*rewrite) ([]index.RebaseResult, error) {
+	req := make([]index.Rewrite, len(rws))
+	blobs := make([][]byte, len(rws))
+	for i, rw := range rws {
+		req[i], blobs[i] = index.Rewrite{C: rw.c, Old: rw.rec}, rw.blob
+	}
+	rs, err := RewriteBlobs(ctx, in.ix, in.chunks, req, blobs, in.opts.MaxDeltaDepth)
+	if errors.Is(err, ErrRelease) {
+		in.log.Warn("rebase: release holds of rewritten chunks", "chunks", len(rws), "err", err)
+		err = nil
+	}
+	return rs, err
+}
+
+// RewriteIndex is what RewriteBlobs needs of the index.
+type RewriteIndex interface {
+	Rebase(ctx context.Context, rw []index.Rewrite, maxDepth int) ([]index.RebaseResult, error)
+	ReleaseHolds(ctx context.Context, ids []chunker.ID) error
+}
+
+// ErrRelease marks RewriteBlobs' failure to release the chunks it
+// rewrote: their new blobs are in place, and the holds and marks left
+// behind only keep bases from deletion (and the chunks from another
+// rewrite, for index.RewriteTTL).
+var ErrRelease = errors.New("release rewritten chunks")
+
+// RewriteBlobs rewrites stored chunks with new blobs that need other delta
+// bases (reverse deltas, recompression's similar-chunk deltas), in the
+// order the deletion rule needs: it records rws in the index (one Rebase,
+// within maxDepth), replaces the blobs (blobs[i] for rws[i]) of those
+// Rebased (one store call), and then releases them (ReleaseHolds). Each
+// blob must have been read back against its bases (store CheckDelta). A
+// failed replace is an error: the blobs are then the old or the new ones,
+// each reading as before, and the records name the new bases, which only
+// keeps them from deletion. A failed release returns the results with an
+// error that Is ErrRelease.
+func RewriteBlobs(ctx context.Context, ix RewriteIndex, chunks *store.Chunks, rws []index.Rewrite, blobs [][]byte, maxDepth int) ([]index.RebaseResult, error) {
 	if len(rws) == 0 {
 		return nil, nil
 	}
-	req := make([]index.Rewrite, len(rws))
-	for i, rw := range rws {
-		req[i] = index.Rewrite{C: rw.c, Old: rw.rec}
-	}
-	rs, err := in.ix.Rebase(ctx, req, in.opts.MaxDeltaDepth)
+	rs, err := ix.Rebase(ctx, rws, maxDepth)
 	if err != nil {
 		return nil, fmt.Errorf("record %d rebased chunks: %w", len(rws), err)
 	}
 	var (
-		blobs []store.Blob
-		ids   []chunker.ID
+		put []store.Blob
+		ids []chunker.ID
 	)
 	for i, rw := range rws {
 		if rs[i] == index.Rebased {
-			blobs = append(blobs, store.Blob{ID: rw.rec.ID, Data: rw.blob})
-			ids = append(ids, rw.rec.ID)
+			put = append(put, store.Blob{ID: rw.C.ID, Data: blobs[i]})
+			ids = append(ids, rw.C.ID)
 		}
 	}
-	if len(blobs) == 0 {
+	if len(put) == 0 {
 		return rs, nil
 	}
-	if err := in.chunks.Replace(ctx, blobs); err != nil {
-		return nil, fmt.Errorf("replace %d chunks with their deltas: %w (each blob is the old or the new one, and reads as before; the index holds the old one's bases)", len(blobs), err)
+	if err := chunks.Replace(ctx, put); err != nil {
+		return nil, fmt.Errorf("replace %d chunks with their deltas: %w (each blob is the old or the new one, and reads as before; the index holds the old one's bases)", len(put), err)
 	}
 	// The new blobs need only the bases their records name: the old blobs'
 	// bases are free again, and the chunks may be rewritten again (index
-	// RewriteTTL). Holds left behind only keep bases from deletion.
-	if err := in.ix.ReleaseHolds(ctx, ids); err != nil {
-		in.log.Warn("rebase: release holds of rewritten chunks", "chunks", len(ids), "err", err)
+	// RewriteTTL).
+	if err := ix.ReleaseHolds(ctx, ids); err != nil {
+		return rs, fmt.Errorf("%w: %d chunks: %w", ErrRelease, len(ids), err)
 	}
 	return rs, nil
 }

@@ -108,6 +108,16 @@ type Options struct {
 	SimilarAll bool
 }
 
+// ListedBelow is the level below which Run lists chunks
+// (ChunksBelowLevel, CountBelowLevel): the encoder's, or AllLevels with
+// SimilarAll.
+func (o Options) ListedBelow() int {
+	if o.Similar && o.SimilarAll {
+		return AllLevels
+	}
+	return o.Encoder.Level()
+}
+
 // Progress counts what Run did so far; safe to read while it runs.
 type Progress struct {
 	Chunks   atomic.Int64 // chunks tried
@@ -152,10 +162,7 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 		log = slog.New(slog.DiscardHandler)
 	}
 	level := opts.Encoder.Level()
-	walkLevel := level
-	if opts.Similar && opts.SimilarAll {
-		walkLevel = AllLevels
-	}
+	walkLevel := opts.ListedBelow()
 	maxDepth := opts.MaxDepth
 	if maxDepth <= 0 {
 		maxDepth = DefaultMaxDepth
@@ -177,6 +184,16 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 		mu.Unlock()
 		cancel()
 	}
+	// tried counts chunk c done, its blob before and after.
+	tried := func(c index.Chunk, before, after int) {
+		p.Chunks.Add(1)
+		p.ChunkBytes.Add(int64(c.Size))
+		p.BytesBefore.Add(int64(before))
+		p.BytesAfter.Add(int64(after))
+		if opts.OnChunk != nil {
+			opts.OnChunk(c.ID, before, after)
+		}
+	}
 	for range max(opts.Jobs, 1) {
 		wg.Add(1)
 		go func() {
@@ -185,7 +202,7 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 				enc := opts.Encoder
 				// At the level already (SimilarAll): a plain chunk whose
 				// similar-chunk delta is all there is to try.
-				done := int(c.Level) >= level
+				atLevel := int(c.Level) >= level
 				if opts.Similar && len(c.Bases) == 0 {
 					saved, plain, err := similarDelta(cctx, ix, chunks, opts.Encoder, c, maxDepth)
 					if plain != nil { // made already: not again below
@@ -203,23 +220,14 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 						log.Warn("recompress: delta of a similar chunk", "chunk_id", c.ID, "err", err)
 					}
 					if saved != nil {
-						p.Chunks.Add(1)
-						p.ChunkBytes.Add(int64(c.Size))
 						p.Replaced.Add(1)
 						p.Deltas.Add(1)
-						p.BytesBefore.Add(int64(saved.OldSize))
-						p.BytesAfter.Add(int64(saved.NewSize))
-						if opts.OnChunk != nil {
-							opts.OnChunk(c.ID, saved.OldSize, saved.NewSize)
-						}
+						tried(c, saved.OldSize, saved.NewSize)
 						continue
 					}
 				}
-				if done {
-					p.Chunks.Add(1)
-					p.ChunkBytes.Add(int64(c.Size))
-					p.BytesBefore.Add(int64(c.StoredSize))
-					p.BytesAfter.Add(int64(c.StoredSize))
+				if atLevel {
+					tried(c, int(c.StoredSize), int(c.StoredSize))
 					continue
 				}
 				// The replace happens inside the index's transaction, so
@@ -253,9 +261,9 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 					fail(fmt.Errorf("recompress: %w", ixErr))
 					return
 				}
-				p.Chunks.Add(1)
-				p.ChunkBytes.Add(int64(c.Size))
 				if err != nil {
+					p.Chunks.Add(1)
+					p.ChunkBytes.Add(int64(c.Size))
 					if errors.Is(err, store.ErrNoReplace) {
 						fail(fmt.Errorf("recompress: this chunk store cannot rewrite blobs"))
 						return
@@ -269,11 +277,7 @@ func Run(ctx context.Context, ix Index, chunks *store.Chunks, opts Options, p *P
 					mu.Unlock()
 					continue
 				}
-				if opts.OnChunk != nil {
-					opts.OnChunk(c.ID, r.OldSize, r.NewSize)
-				}
-				p.BytesBefore.Add(int64(r.OldSize))
-				p.BytesAfter.Add(int64(r.NewSize))
+				tried(c, r.OldSize, r.NewSize)
 				if r.Replaced {
 					p.Replaced.Add(1)
 				}
@@ -409,15 +413,12 @@ func similarDelta(ctx context.Context, ix Index, chunks *store.Chunks, enc store
 		return nil, plain, err
 	}
 	rec := index.Chunk{ID: c.ID, Size: c.Size, StoredSize: uint32(bestW.StoredSize), Encoding: uint8(bestW.Encoding), Bases: bestW.Bases, Level: uint8(bestW.Level)}
-	rs, err := ix.Rebase(ctx, []index.Rewrite{{C: rec, Old: c}}, maxDepth)
-	if err != nil || rs[0] != index.Rebased {
-		return nil, plain, err // stale or too deep: recompressed plain instead
+	rs, err := ingest.RewriteBlobs(ctx, ix, chunks, []index.Rewrite{{C: rec, Old: c}}, [][]byte{best}, maxDepth)
+	if err != nil {
+		return nil, nil, err
 	}
-	if err := chunks.Replace(ctx, []store.Blob{{ID: c.ID, Data: best}}); err != nil {
-		return nil, nil, fmt.Errorf("replace with its delta: %w", err)
-	}
-	if err := ix.ReleaseHolds(ctx, []chunker.ID{c.ID}); err != nil {
-		return nil, nil, fmt.Errorf("release: %w", err)
+	if rs[0] != index.Rebased {
+		return nil, plain, nil // stale or too deep: recompressed plain instead
 	}
 	return &store.Recoded{From: store.Encoding(c.Encoding), Encoding: bestW.Encoding, Bases: bestW.Bases, OldSize: int(c.StoredSize), NewSize: bestW.StoredSize, Replaced: true}, nil, nil
 }

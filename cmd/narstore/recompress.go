@@ -54,11 +54,8 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 		if enc.Level() < *level {
 			fmt.Fprintf(env.stderr, "narstore: no zstd program on PATH; recompressing at the pure-Go encoder's level %d instead of %d (install zstd for more)\n", enc.Level(), *level)
 		}
-		walkLevel := enc.Level()
-		if *similarAll {
-			walkLevel = recompress.AllLevels
-		}
-		todo, todoBytes, err := ix.CountBelowLevel(ctx, walkLevel)
+		opts := recompress.Options{Encoder: enc, Jobs: *jobs, Limit: *limit, Log: env.log, Similar: *similar, SimilarAll: *similarAll, MaxDepth: *depth}
+		todo, todoBytes, err := ix.CountBelowLevel(ctx, opts.ListedBelow())
 		if err != nil {
 			return err
 		}
@@ -79,7 +76,7 @@ func setupRecompress(fs *flag.FlagSet) runFunc {
 				p.Chunks.Load(), todo, p.Replaced.Load(), p.Deltas.Load(), p.Failed.Load(), human(uint64(p.BytesBefore.Load())), human(uint64(p.BytesAfter.Load())),
 				rate/1e6, eta)
 		})
-		rep, err := recompress.Run(ctx, ix, chunks, recompress.Options{Encoder: enc, Jobs: *jobs, Limit: *limit, Log: env.log, Similar: *similar, SimilarAll: *similarAll, MaxDepth: *depth}, &p)
+		rep, err := recompress.Run(ctx, ix, chunks, opts, &p)
 		stopProgress()
 		el := time.Since(start)
 		saved := 0.0
